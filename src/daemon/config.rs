@@ -1,0 +1,351 @@
+//! Configuration in layers: built-in defaults < TOML file < `LABMQ_<DAEMON>_*` environment
+//! < command-line flags. Unknown keys are rejected and every error names its key and source.
+//!
+//! Each daemon has its own environment prefix (`LABMQ_SERVER_`, `LABMQ_CONSUMER_`, …) so a
+//! variable meant for one daemon can never be read as an unknown key by another.
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::compute::{ab, factorial, letters};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{0}")]
+    Parse(String),
+    #[error("invalid value for key {key:?}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(error: figment::Error) -> Self {
+        // figment chains one error per bad key; an operator wants them all on one line.
+        let all: Vec<String> = error.into_iter().map(|e| e.to_string()).collect();
+        ConfigError::Parse(all.join("; "))
+    }
+}
+
+/// Where the TOML layer comes from: the daemon's default path, which may be absent, or a
+/// path given with `--config`, which must exist.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub required: bool,
+}
+
+impl ConfigFile {
+    pub fn new(explicit: Option<PathBuf>, default_path: &str) -> Self {
+        match explicit {
+            Some(path) => Self {
+                path,
+                required: true,
+            },
+            None => Self {
+                path: PathBuf::from(default_path),
+                required: false,
+            },
+        }
+    }
+}
+
+/// A daemon's configuration type: its defaults come from `Default`, its checks beyond
+/// types from `validate`.
+pub trait DaemonConfig: Serialize + DeserializeOwned + Default {
+    /// e.g. `LABMQ_SERVER_`.
+    const ENV_PREFIX: &'static str;
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// Loads `T` from all layers; `overrides` holds the command-line flags that were given
+/// (fields left `None` must be skipped when serialised).
+pub fn load<T: DaemonConfig>(
+    file: &ConfigFile,
+    overrides: impl Serialize,
+) -> Result<T, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    figment = figment.merge(toml_layer(file)?);
+    figment = figment
+        .merge(Env::prefixed(T::ENV_PREFIX).split("__"))
+        .merge(Serialized::defaults(overrides));
+    let config: T = figment.extract()?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn toml_layer(file: &ConfigFile) -> Result<figment::providers::Data<Toml>, ConfigError> {
+    match std::fs::metadata(&file.path) {
+        Ok(_) => {
+            // Read it ourselves so a permission problem is reported, not skipped silently.
+            std::fs::read_to_string(&file.path).map_err(|e| ConfigError::File {
+                path: file.path.clone(),
+                message: e.to_string(),
+            })?;
+            Ok(Toml::file_exact(&file.path))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !file.required => {
+            Ok(Toml::string(""))
+        }
+        Err(e) => Err(ConfigError::File {
+            path: file.path.clone(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+fn check_log_level(level: &str) -> Result<(), ConfigError> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .map(|_| ())
+        .map_err(|e| ConfigError::Invalid {
+            key: "log_level",
+            message: format!("{level:?} is not a level or filter ({e})"),
+        })
+}
+
+/// `labmq-server` (`/etc/labmq/server.toml`, `LABMQ_SERVER_*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the gRPC listener binds to.
+    pub listen: SocketAddr,
+    /// `error|warn|info|debug|trace`, or a tracing filter; `RUST_LOG` wins when set.
+    pub log_level: String,
+    /// How long in-flight calls may run after SIGTERM before the server exits anyway.
+    pub shutdown_grace_secs: u64,
+    /// Largest `n` that `Factorial` accepts.
+    pub max_factorial_n: u64,
+    /// Largest text, in bytes, that `MostFrequentLetter` accepts.
+    pub max_text_bytes: usize,
+    /// Salt of the A/B hash; changing it reassigns users.
+    pub ab_salt: String,
+    /// Share of users, in percent, that land in group A.
+    pub ab_a_percent: u8,
+    /// Threads for heavy computations; 0 means one per CPU.
+    pub compute_threads: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            log_level: "info".into(),
+            shutdown_grace_secs: 10,
+            max_factorial_n: factorial::DEFAULT_MAX_FACTORIAL_N,
+            max_text_bytes: letters::DEFAULT_MAX_TEXT_BYTES,
+            ab_salt: ab::DEFAULT_AB_SALT.into(),
+            ab_a_percent: ab::DEFAULT_A_PERCENT,
+            compute_threads: 0,
+        }
+    }
+}
+
+impl crate::daemon::run::LogLevel for ServerConfig {
+    fn log_level(&self) -> &str {
+        &self.log_level
+    }
+}
+
+impl DaemonConfig for ServerConfig {
+    const ENV_PREFIX: &'static str = "LABMQ_SERVER_";
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_log_level(&self.log_level)?;
+        if self.ab_a_percent > 100 {
+            return Err(ConfigError::Invalid {
+                key: "ab_a_percent",
+                message: format!("{} is over 100", self.ab_a_percent),
+            });
+        }
+        if self.ab_salt.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "ab_salt",
+                message: "must not be empty".into(),
+            });
+        }
+        if self.max_text_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max_text_bytes",
+                message: "must be at least 1".into(),
+            });
+        }
+        // Keeps the gRPC decoding limit (derived from it) well inside memory.
+        if self.max_text_bytes > 256 * 1024 * 1024 {
+            return Err(ConfigError::Invalid {
+                key: "max_text_bytes",
+                message: format!("{} is over 268435456 (256 MiB)", self.max_text_bytes),
+            });
+        }
+        if self.max_factorial_n > 10_000_000 {
+            return Err(ConfigError::Invalid {
+                key: "max_factorial_n",
+                message: format!(
+                    "{} is over 10000000; larger results take minutes and hundreds of MB",
+                    self.max_factorial_n
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Returns the path with a note that it was absent, for `--check-config` output.
+pub fn describe_source(file: &ConfigFile) -> String {
+    if Path::new(&file.path).exists() {
+        file.path.display().to_string()
+    } else {
+        format!(
+            "{} (absent; defaults and environment only)",
+            file.path.display()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[derive(Serialize, Default)]
+    struct NoOverrides {}
+
+    fn load_server(path: &str) -> Result<ServerConfig, ConfigError> {
+        load::<ServerConfig>(
+            &ConfigFile {
+                path: path.into(),
+                required: false,
+            },
+            NoOverrides {},
+        )
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        Jail::expect_with(|_| {
+            let config = load_server("absent.toml").unwrap();
+            assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+            assert_eq!(config.max_factorial_n, 100_000);
+            assert_eq!(config.ab_a_percent, 50);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "server.toml",
+                "listen = \"127.0.0.1:6000\"\nmax_factorial_n = 10\n",
+            )?;
+            jail.set_env("LABMQ_SERVER_MAX_FACTORIAL_N", "20");
+            #[derive(Serialize)]
+            struct Flags {
+                listen: &'static str,
+            }
+            let config: ServerConfig = load(
+                &ConfigFile {
+                    path: "server.toml".into(),
+                    required: true,
+                },
+                Flags {
+                    listen: "127.0.0.1:7000",
+                },
+            )
+            .unwrap();
+            assert_eq!(config.max_factorial_n, 20, "env beats file");
+            assert_eq!(
+                config.listen.to_string(),
+                "127.0.0.1:7000",
+                "flag beats file"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file("server.toml", "listn = \"127.0.0.1:1\"\n")?;
+            let err = load_server("server.toml").unwrap_err().to_string();
+            assert!(err.contains("listn"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_env_key_is_named() {
+        Jail::expect_with(|jail| {
+            jail.set_env("LABMQ_SERVER_BOGUS", "1");
+            let err = load_server("absent.toml").unwrap_err().to_string();
+            assert!(err.contains("bogus"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_value_is_named_with_source() {
+        Jail::expect_with(|jail| {
+            jail.create_file("server.toml", "max_factorial_n = \"lots\"\n")?;
+            let err = load_server("server.toml").unwrap_err().to_string();
+            assert!(err.contains("max_factorial_n"), "{err}");
+            assert!(err.contains("server.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_address_is_named() {
+        Jail::expect_with(|jail| {
+            jail.set_env("LABMQ_SERVER_LISTEN", "localhost");
+            let err = load_server("absent.toml").unwrap_err().to_string();
+            assert!(err.contains("listen"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn semantic_checks_name_the_key() {
+        Jail::expect_with(|jail| {
+            jail.create_file("server.toml", "ab_a_percent = 101\n")?;
+            let err = load_server("server.toml").unwrap_err().to_string();
+            assert!(err.contains("ab_a_percent"), "{err}");
+            jail.create_file("server.toml", "log_level = \"loud[\"\n")?;
+            let err = load_server("server.toml").unwrap_err().to_string();
+            assert!(err.contains("log_level"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        Jail::expect_with(|_| {
+            let err = load::<ServerConfig>(
+                &ConfigFile {
+                    path: "nope.toml".into(),
+                    required: true,
+                },
+                NoOverrides {},
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("nope.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn malformed_toml_is_reported() {
+        Jail::expect_with(|jail| {
+            jail.create_file("server.toml", "listen = \n")?;
+            let err = load_server("server.toml").unwrap_err().to_string();
+            assert!(err.contains("server.toml"), "{err}");
+            Ok(())
+        });
+    }
+}

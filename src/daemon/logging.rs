@@ -1,0 +1,102 @@
+//! Logging: structured journald records when stderr is the journal, readable text on
+//! stderr otherwise. The level comes from config unless `RUST_LOG` is set, and can be
+//! changed at run time (SIGHUP re-reads it).
+
+use std::os::unix::fs::MetadataExt;
+use tracing_subscriber::{
+    EnvFilter, Registry, layer::SubscriberExt, reload, util::SubscriberInitExt,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error("invalid log level {level:?}: {message}")]
+    Level { level: String, message: String },
+    #[error("logging already initialised")]
+    AlreadySet,
+}
+
+/// Lets a daemon change its log filter after start.
+#[derive(Clone)]
+pub struct LogControl {
+    handle: reload::Handle<EnvFilter, Registry>,
+    env_override: bool,
+}
+
+impl LogControl {
+    /// Applies `level` unless `RUST_LOG` pinned the filter at start.
+    pub fn set_level(&self, level: &str) -> Result<(), LoggingError> {
+        if self.env_override {
+            return Ok(());
+        }
+        let filter = parse_filter(level)?;
+        self.handle.reload(filter).map_err(|e| LoggingError::Level {
+            level: level.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+fn parse_filter(level: &str) -> Result<EnvFilter, LoggingError> {
+    EnvFilter::builder()
+        .parse(level)
+        .map_err(|e| LoggingError::Level {
+            level: level.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// True when systemd connected our stderr to the journal (`JOURNAL_STREAM` names the
+/// device and inode of that stream, see systemd.exec(5)).
+pub fn stderr_is_journal() -> bool {
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
+/// Installs the global subscriber. `level` is the configured level; `RUST_LOG` wins.
+pub fn init(level: &str) -> Result<LogControl, LoggingError> {
+    let env_filter = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let env_override = env_filter.is_some();
+    let filter = parse_filter(env_filter.as_deref().unwrap_or(level))?;
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+
+    let journald = if stderr_is_journal() {
+        tracing_journald::layer().ok()
+    } else {
+        None
+    };
+    let result = match journald {
+        Some(journald) => registry.with(journald).try_init(),
+        None => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false),
+            )
+            .try_init(),
+    };
+    result.map_err(|_| LoggingError::AlreadySet)?;
+    Ok(LogControl {
+        handle,
+        env_override,
+    })
+}
+
+/// A quiet stderr logger for command-line tools: warnings and errors only, unless
+/// `RUST_LOG` asks for more.
+pub fn init_cli() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

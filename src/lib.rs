@@ -1,0 +1,11 @@
+//! labmq: one compute service (A/B assignment, exact factorials, most frequent letter,
+//! upper-case echo) reached two ways: synchronously over gRPC (`labmq-server`,
+//! `labmq-call`) and asynchronously through RabbitMQ (`labmq-produce` publishes to
+//! `task_queue`, `labmq-consumer` calls the server and publishes result documents).
+//! The library holds every concern once; the binaries in `src/bin` only wire them up.
+
+pub mod cli;
+pub mod compute;
+pub mod daemon;
+pub mod rpc;
+pub mod task;

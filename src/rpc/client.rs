@@ -1,0 +1,329 @@
+//! The client side: one long-lived channel per server address, calls spread round-robin
+//! over them, and an address that just failed with a transient error skipped for a while.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::rpc::MAX_RESPONSE_BYTES;
+use crate::rpc::proto::{
+    AbRequest, FactorialRequest, MessageRequest, TextRequest,
+    message_service_client::MessageServiceClient,
+};
+use crate::task::Task;
+
+pub const DEFAULT_TARGET: &str = "http://127.0.0.1:50051";
+/// How long an address that failed with a transient error is passed over.
+const DOWN_BACKOFF: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no gRPC server address given")]
+    NoTargets,
+    #[error("invalid gRPC server address {target:?}: {message}")]
+    BadTarget { target: String, message: String },
+    #[error("cannot connect to gRPC server {target}: {message}")]
+    Unreachable { target: String, message: String },
+}
+
+/// Whether a failed call may succeed when tried again later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The server is down, overloaded or slow: keep the task and retry.
+    Transient,
+    /// The server answered that the task itself is wrong: retrying cannot help.
+    Permanent,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct CallError {
+    pub code: String,
+    pub message: String,
+    pub failure: Failure,
+}
+
+impl CallError {
+    pub fn is_transient(&self) -> bool {
+        self.failure == Failure::Transient
+    }
+}
+
+impl From<Status> for CallError {
+    fn from(status: Status) -> Self {
+        let failure = match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
+                Failure::Transient
+            }
+            _ => Failure::Permanent,
+        };
+        CallError {
+            code: code_name(status.code()).to_owned(),
+            message: status.message().to_owned(),
+            failure,
+        }
+    }
+}
+
+/// gRPC's canonical upper-case code names, as grpcurl and other clients print them.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A successful answer, one variant per method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskOutput {
+    Group(String),
+    Factorial(String),
+    Letter { letter: String, count: u64 },
+    Processed(String),
+}
+
+impl TaskOutput {
+    /// The result object of the result document: the method's response fields.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            TaskOutput::Group(group) => serde_json::json!({ "group": group }),
+            TaskOutput::Factorial(result) => serde_json::json!({ "result": result }),
+            TaskOutput::Letter { letter, count } => {
+                serde_json::json!({ "letter": letter, "count": count })
+            }
+            TaskOutput::Processed(text) => serde_json::json!({ "processed_text": text }),
+        }
+    }
+}
+
+impl std::fmt::Display for TaskOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskOutput::Group(group) => write!(f, "group {group}"),
+            TaskOutput::Factorial(digits) => f.write_str(digits),
+            TaskOutput::Letter { letter, count } => write!(f, "{letter} ({count} times)"),
+            TaskOutput::Processed(text) => f.write_str(text),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Target {
+    address: String,
+    client: MessageServiceClient<Channel>,
+    down_until: Mutex<Option<Instant>>,
+}
+
+impl Target {
+    fn is_down(&self, now: Instant) -> bool {
+        self.down_until
+            .lock()
+            .map(|until| until.is_some_and(|t| t > now))
+            .unwrap_or(false)
+    }
+
+    fn mark(&self, down: bool) {
+        if let Ok(mut until) = self.down_until.lock() {
+            *until = down.then(|| Instant::now() + DOWN_BACKOFF);
+        }
+    }
+}
+
+/// Calls the compute service over one or more server addresses.
+pub struct ComputeClient {
+    targets: Vec<Target>,
+    next: AtomicUsize,
+}
+
+/// Accepts `host:port` as well as `http://host:port`.
+pub fn normalize_target(target: &str) -> String {
+    let target = target.trim();
+    if target.contains("://") {
+        target.to_owned()
+    } else {
+        format!("http://{target}")
+    }
+}
+
+fn endpoint(target: &str, options: &ClientOptions) -> Result<Endpoint, ClientError> {
+    let address = normalize_target(target);
+    Endpoint::from_shared(address.clone())
+        .map_err(|e| ClientError::BadTarget {
+            target: target.to_owned(),
+            message: e.to_string(),
+        })
+        .map(|e| {
+            e.connect_timeout(options.connect_timeout)
+                .timeout(options.request_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_while_idle(true)
+        })
+}
+
+fn wrap(channel: Channel) -> MessageServiceClient<Channel> {
+    MessageServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
+}
+
+impl ComputeClient {
+    /// Channels connect on first use and reconnect by themselves; nothing is dialled here.
+    pub fn lazy(targets: &[String], options: &ClientOptions) -> Result<Self, ClientError> {
+        if targets.is_empty() {
+            return Err(ClientError::NoTargets);
+        }
+        let targets = targets
+            .iter()
+            .map(|t| {
+                endpoint(t, options).map(|e| Target {
+                    address: normalize_target(t),
+                    client: wrap(e.connect_lazy()),
+                    down_until: Mutex::new(None),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            targets,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Dials every address now, failing with `Unreachable` if one cannot be reached.
+    pub async fn connect(targets: &[String], options: &ClientOptions) -> Result<Self, ClientError> {
+        let client = Self::lazy(targets, options)?;
+        for target in targets {
+            endpoint(target, options)?
+                .connect()
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    target: normalize_target(target),
+                    message: error_chain(&e),
+                })?;
+        }
+        Ok(client)
+    }
+
+    pub fn addresses(&self) -> impl Iterator<Item = &str> {
+        self.targets.iter().map(|t| t.address.as_str())
+    }
+
+    /// Runs `task` on one server, moving on to the next address when one fails
+    /// transiently; the error of the last address tried is returned if all fail.
+    pub async fn run(&self, task: &Task) -> Result<TaskOutput, CallError> {
+        let count = self.targets.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        let now = Instant::now();
+        // Healthy addresses first, in round-robin order; addresses marked down last.
+        let mut order: Vec<&Target> = (0..count)
+            .map(|i| &self.targets[(start + i) % count])
+            .collect();
+        order.sort_by_key(|t| t.is_down(now));
+
+        let mut last_error = None;
+        for target in order {
+            match call(target.client.clone(), task).await {
+                Ok(output) => {
+                    target.mark(false);
+                    return Ok(output);
+                }
+                Err(status) => {
+                    let error = CallError::from(status);
+                    if !error.is_transient() {
+                        return Err(error);
+                    }
+                    target.mark(true);
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or(CallError {
+            code: "UNAVAILABLE".into(),
+            message: "no gRPC server configured".into(),
+            failure: Failure::Transient,
+        }))
+    }
+}
+
+async fn call(
+    mut client: MessageServiceClient<Channel>,
+    task: &Task,
+) -> Result<TaskOutput, Status> {
+    Ok(match task {
+        Task::Factorial(n) => TaskOutput::Factorial(
+            client
+                .factorial(FactorialRequest { n: *n })
+                .await?
+                .into_inner()
+                .result,
+        ),
+        Task::MostFrequentLetter(text) => {
+            let reply = client
+                .most_frequent_letter(TextRequest { text: text.clone() })
+                .await?
+                .into_inner();
+            TaskOutput::Letter {
+                letter: reply.letter,
+                count: reply.count,
+            }
+        }
+        Task::Upper(text) => TaskOutput::Processed(
+            client
+                .process_message(MessageRequest { text: text.clone() })
+                .await?
+                .into_inner()
+                .processed_text,
+        ),
+        Task::AssignAb(user_id) => TaskOutput::Group(
+            client
+                .assign_ab(AbRequest {
+                    user_id: user_id.clone(),
+                })
+                .await?
+                .into_inner()
+                .group,
+        ),
+    })
+}
+
+/// An error with its causes, on one line (tonic's top-level message alone is vague).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,18 @@
+//! The gRPC side: the generated `message` package, the server and the balancing client.
+
+pub mod client;
+pub mod server;
+
+/// Code generated from `proto/message_service.proto` by build.rs.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("message");
+
+    /// The encoded descriptor set, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/message_descriptor.bin"));
+}
+
+/// Responses carry a 456,574-digit factorial at the default limit and may carry more when
+/// `max_factorial_n` is raised, so clients accept far more than tonic's 4 MiB default.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
