@@ -71,3 +71,106 @@ pub struct CallArgs {
     #[arg(required = true, value_name = "TASK")]
     pub tasks: Vec<String>,
 }
+
+/// Default config path of `labmq-consumer`.
+pub const CONSUMER_CONFIG_PATH: &str = "/etc/labmq/consumer.toml";
+/// Default config path of `labmq-produce`.
+pub const PRODUCE_CONFIG_PATH: &str = "/etc/labmq/produce.toml";
+
+/// The labmq queue consumer: takes tasks from RabbitMQ, calls labmq-server, publishes results.
+///
+/// Every task is acked only after its result is confirmed by the broker; tasks whose gRPC
+/// server is unavailable are retried with backoff; bad messages get an error result and go
+/// to the dead-letter queue (QUEUE.dead). Configuration layers, later wins: defaults, the
+/// TOML file (/etc/labmq/consumer.toml or --config), LABMQ_CONSUMER_* environment variables,
+/// command-line flags. SIGTERM drains in-flight tasks and requeues the rest; SIGHUP re-reads
+/// log_level. Exit status: 0 clean stop, 1 runtime failure, 78 bad configuration.
+#[derive(Debug, Parser)]
+#[command(name = "labmq-consumer", version)]
+pub struct ConsumerArgs {
+    /// Configuration file [default: /etc/labmq/consumer.toml, skipped if absent]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration, print one line and exit (0 valid, 78 invalid)
+    #[arg(long)]
+    pub check_config: bool,
+    #[command(flatten)]
+    pub flags: ConsumerFlags,
+}
+
+/// Flags that override configuration keys of the same name.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct ConsumerFlags {
+    /// Broker URL (key `amqp_url`) [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amqp_url: Option<String>,
+    /// Task queue (key `queue`) [default: task_queue]
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// gRPC server address; repeat for several (key `grpc_targets`) [default: 127.0.0.1:50051]
+    #[arg(long = "grpc-target", value_name = "ADDR")]
+    #[serde(rename = "grpc_targets", skip_serializing_if = "Vec::is_empty")]
+    pub grpc_targets: Vec<String>,
+    /// Tasks processed at once (key `concurrency`) [default: 64]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// Deliveries prefetched ahead of acks (key `prefetch`) [default: 128]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<u16>,
+    /// Log level or tracing filter (key `log_level`) [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+/// Publish tasks to RabbitMQ for labmq-consumer, with publisher confirms.
+///
+/// Tasks: fact:N, freq:TEXT, upper:TEXT, anything else is a user id (A/B). An argument may
+/// hold a comma-separated list; "-" reads tasks from standard input, one per line. Each task
+/// becomes its own persistent message on the task queue.
+///
+/// Broker URL: --amqp-url, else LABMQ_AMQP_URL, else amqp_url in /etc/labmq/produce.toml,
+/// else amqp://guest:guest@127.0.0.1:5672/%2f.
+///
+/// Exit status: 0 every task confirmed (and, with --wait, succeeded); 1 with --wait, some
+/// task's result is an error; 2 usage error or invalid task (nothing published);
+/// 3 broker unreachable; 4 some publish not confirmed (nacked, returned or timed out);
+/// 5 --wait timed out before every result arrived.
+#[derive(Debug, Parser)]
+#[command(name = "labmq-produce", version)]
+pub struct ProduceArgs {
+    /// Broker URL (the password is never printed)
+    #[arg(
+        long,
+        env = "LABMQ_AMQP_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub amqp_url: Option<String>,
+    /// Configuration file with amqp_url, amqp_password_file, queue, queue_type
+    /// [default: /etc/labmq/produce.toml, skipped if absent]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Task queue [default: task_queue, or `queue` from the config file]
+    #[arg(long, value_name = "NAME")]
+    pub queue: Option<String>,
+    /// Wait for each task's result and print it
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds to wait for all results with --wait
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub timeout: u64,
+    /// Seconds to wait for the broker to confirm the publishes
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub confirm_timeout: u64,
+    /// Print result documents as JSON lines (with --wait), or published ids as JSON lines
+    #[arg(long)]
+    pub json: bool,
+    /// Tasks, e.g. fact:6 freq:abracadabra user42, "fact:5,fact:6", or - for stdin
+    #[arg(required = true, value_name = "TASK")]
+    pub tasks: Vec<String>,
+}

@@ -4,6 +4,7 @@
 //! `task_queue`, `labmq-consumer` calls the server and publishes result documents).
 //! The library holds every concern once; the binaries in `src/bin` only wire them up.
 
+pub mod broker;
 pub mod cli;
 pub mod compute;
 pub mod daemon;

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::broker::connection::DEFAULT_AMQP_URL;
+use crate::broker::topology::{DEFAULT_QUEUE, DEFAULT_RESULTS_EXCHANGE, QueueType};
 use crate::compute::{ab, factorial, letters};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,10 @@ impl From<figment::Error> for ConfigError {
         ConfigError::Parse(all.join("; "))
     }
 }
+
+/// For loaders without command-line overrides.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct NoOverrides {}
 
 /// Where the TOML layer comes from: the daemon's default path, which may be absent, or a
 /// path given with `--config`, which must exist.
@@ -195,6 +201,166 @@ impl DaemonConfig for ServerConfig {
     }
 }
 
+/// `labmq-consumer` (`/etc/labmq/consumer.toml`, `LABMQ_CONSUMER_*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerConfig {
+    /// Broker URL; its password may be left out and given by `amqp_password(_file)`.
+    pub amqp_url: String,
+    /// Overrides the URL's password; best set from `/etc/labmq/consumer.env` as
+    /// `LABMQ_CONSUMER_AMQP_PASSWORD`, never in a world-readable file.
+    pub amqp_password: String,
+    /// A file holding only the password (e.g. a systemd credential); wins over both.
+    pub amqp_password_file: String,
+    /// The task queue; its dead-letter queue is this name + ".dead".
+    pub queue: String,
+    /// `classic` (compatible with plain clients) or `quorum` (replicated, for clusters).
+    pub queue_type: QueueType,
+    /// Fanout exchange every result document is published to.
+    pub results_exchange: String,
+    /// gRPC servers; calls are spread over them and skip one that is down.
+    pub grpc_targets: Vec<String>,
+    /// Deliveries the broker may push ahead of acks.
+    pub prefetch: u16,
+    /// Tasks processed at once.
+    pub concurrency: usize,
+    /// Larger bodies are dead-lettered unread.
+    pub max_body_bytes: usize,
+    /// Deadline of one gRPC call.
+    pub grpc_timeout_secs: u64,
+    /// First and longest wait between retries of a task whose server is unavailable.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// Longest wait between broker reconnection attempts.
+    pub reconnect_max_secs: u64,
+    /// After SIGTERM, how long in-flight tasks may finish before the rest are requeued.
+    pub shutdown_grace_secs: u64,
+    pub log_level: String,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            amqp_url: DEFAULT_AMQP_URL.into(),
+            amqp_password: String::new(),
+            amqp_password_file: String::new(),
+            queue: DEFAULT_QUEUE.into(),
+            queue_type: QueueType::Classic,
+            results_exchange: DEFAULT_RESULTS_EXCHANGE.into(),
+            grpc_targets: vec!["127.0.0.1:50051".into()],
+            prefetch: 128,
+            concurrency: 64,
+            max_body_bytes: 2 * 1024 * 1024,
+            grpc_timeout_secs: 30,
+            retry_initial_ms: 100,
+            retry_max_ms: 5_000,
+            reconnect_max_secs: 10,
+            shutdown_grace_secs: 20,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl crate::daemon::run::LogLevel for ConsumerConfig {
+    fn log_level(&self) -> &str {
+        &self.log_level
+    }
+}
+
+impl DaemonConfig for ConsumerConfig {
+    const ENV_PREFIX: &'static str = "LABMQ_CONSUMER_";
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_log_level(&self.log_level)?;
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if let Err(e) = crate::broker::connection::AmqpTarget::new(&self.amqp_url, None, None) {
+            return invalid("amqp_url", &e.to_string());
+        }
+        if self.queue.is_empty() {
+            return invalid("queue", "must not be empty");
+        }
+        if self.results_exchange.is_empty() {
+            return invalid("results_exchange", "must not be empty");
+        }
+        if self.grpc_targets.is_empty() {
+            return invalid("grpc_targets", "needs at least one address");
+        }
+        for target in &self.grpc_targets {
+            let uri = crate::rpc::client::normalize_target(target);
+            if uri.parse::<tonic::transport::Uri>().is_err() {
+                return invalid(
+                    "grpc_targets",
+                    &format!("{target:?} is not host:port or a URL"),
+                );
+            }
+        }
+        if self.prefetch == 0 {
+            return invalid("prefetch", "must be at least 1");
+        }
+        if self.concurrency == 0 {
+            return invalid("concurrency", "must be at least 1");
+        }
+        if self.max_body_bytes == 0 {
+            return invalid("max_body_bytes", "must be at least 1");
+        }
+        if self.grpc_timeout_secs == 0 {
+            return invalid("grpc_timeout_secs", "must be at least 1");
+        }
+        if self.retry_initial_ms == 0 || self.retry_initial_ms > self.retry_max_ms {
+            return invalid(
+                "retry_initial_ms",
+                "must be at least 1 and at most retry_max_ms",
+            );
+        }
+        if self.reconnect_max_secs == 0 {
+            return invalid("reconnect_max_secs", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// `labmq-produce` (`/etc/labmq/produce.toml`, `LABMQ_PRODUCE_*`); `--amqp-url` and
+/// `LABMQ_AMQP_URL` win over it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProduceConfig {
+    pub amqp_url: String,
+    pub amqp_password_file: String,
+    pub queue: String,
+    /// Used only when the queue does not exist yet and the producer declares it.
+    pub queue_type: QueueType,
+}
+
+impl Default for ProduceConfig {
+    fn default() -> Self {
+        Self {
+            amqp_url: DEFAULT_AMQP_URL.into(),
+            amqp_password_file: String::new(),
+            queue: DEFAULT_QUEUE.into(),
+            queue_type: QueueType::Classic,
+        }
+    }
+}
+
+impl DaemonConfig for ProduceConfig {
+    const ENV_PREFIX: &'static str = "LABMQ_PRODUCE_";
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.queue.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "queue",
+                message: "must not be empty".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Returns the path with a note that it was absent, for `--check-config` output.
 pub fn describe_source(file: &ConfigFile) -> String {
     if Path::new(&file.path).exists() {
@@ -211,9 +377,6 @@ pub fn describe_source(file: &ConfigFile) -> String {
 mod tests {
     use super::*;
     use figment::Jail;
-
-    #[derive(Serialize, Default)]
-    struct NoOverrides {}
 
     fn load_server(path: &str) -> Result<ServerConfig, ConfigError> {
         load::<ServerConfig>(

@@ -2,6 +2,7 @@
 //! stderr otherwise. The level comes from config unless `RUST_LOG` is set, and can be
 //! changed at run time (SIGHUP re-reads it).
 
+use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
 use tracing_subscriber::{
     EnvFilter, Registry, layer::SubscriberExt, reload, util::SubscriberInitExt,
@@ -79,6 +80,8 @@ pub fn init(level: &str) -> Result<LogControl, LoggingError> {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
+                    // Colour only on a terminal: escape codes corrupt log files and pipes.
+                    .with_ansi(std::io::stderr().is_terminal())
                     .with_target(false),
             )
             .try_init(),
@@ -93,10 +96,12 @@ pub fn init(level: &str) -> Result<LogControl, LoggingError> {
 /// A quiet stderr logger for command-line tools: warnings and errors only, unless
 /// `RUST_LOG` asks for more.
 pub fn init_cli() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,lapin=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

@@ -91,36 +91,30 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// A successful answer, one variant per method.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A successful answer, one variant per method. Serialised (untagged) it is the `result`
+/// object of the result document: the method's response fields.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
 pub enum TaskOutput {
-    Group(String),
-    Factorial(String),
+    Group { group: String },
+    Factorial { result: String },
     Letter { letter: String, count: u64 },
-    Processed(String),
+    Processed { processed_text: String },
 }
 
 impl TaskOutput {
-    /// The result object of the result document: the method's response fields.
     pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            TaskOutput::Group(group) => serde_json::json!({ "group": group }),
-            TaskOutput::Factorial(result) => serde_json::json!({ "result": result }),
-            TaskOutput::Letter { letter, count } => {
-                serde_json::json!({ "letter": letter, "count": count })
-            }
-            TaskOutput::Processed(text) => serde_json::json!({ "processed_text": text }),
-        }
+        serde_json::to_value(self).unwrap_or_default()
     }
 }
 
 impl std::fmt::Display for TaskOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TaskOutput::Group(group) => write!(f, "group {group}"),
-            TaskOutput::Factorial(digits) => f.write_str(digits),
+            TaskOutput::Group { group } => write!(f, "group {group}"),
+            TaskOutput::Factorial { result } => f.write_str(result),
             TaskOutput::Letter { letter, count } => write!(f, "{letter} ({count} times)"),
-            TaskOutput::Processed(text) => f.write_str(text),
+            TaskOutput::Processed { processed_text } => f.write_str(processed_text),
         }
     }
 }
@@ -280,13 +274,13 @@ async fn call(
     task: &Task,
 ) -> Result<TaskOutput, Status> {
     Ok(match task {
-        Task::Factorial(n) => TaskOutput::Factorial(
-            client
+        Task::Factorial(n) => TaskOutput::Factorial {
+            result: client
                 .factorial(FactorialRequest { n: *n })
                 .await?
                 .into_inner()
                 .result,
-        ),
+        },
         Task::MostFrequentLetter(text) => {
             let reply = client
                 .most_frequent_letter(TextRequest { text: text.clone() })
@@ -297,22 +291,22 @@ async fn call(
                 count: reply.count,
             }
         }
-        Task::Upper(text) => TaskOutput::Processed(
-            client
+        Task::Upper(text) => TaskOutput::Processed {
+            processed_text: client
                 .process_message(MessageRequest { text: text.clone() })
                 .await?
                 .into_inner()
                 .processed_text,
-        ),
-        Task::AssignAb(user_id) => TaskOutput::Group(
-            client
+        },
+        Task::AssignAb(user_id) => TaskOutput::Group {
+            group: client
                 .assign_ab(AbRequest {
                     user_id: user_id.clone(),
                 })
                 .await?
                 .into_inner()
                 .group,
-        ),
+        },
     })
 }
 

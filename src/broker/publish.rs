@@ -1,0 +1,138 @@
+//! Confirmed publishing: every publish waits for the broker's ack, and a `mandatory`
+//! publish that could not be routed counts as a failure, not a success.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+
+use super::BrokerError;
+
+/// AMQP delivery mode 2: the broker writes the message to disk.
+pub const PERSISTENT: u8 = 2;
+
+/// A channel in confirm mode.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone)]
+pub struct Route<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    /// Ask the broker to return the message if no queue takes it.
+    pub mandatory: bool,
+}
+
+impl Route<'_> {
+    fn describe(&self) -> String {
+        if self.exchange.is_empty() {
+            format!("queue {:?}", self.routing_key)
+        } else {
+            format!("exchange {:?}", self.exchange)
+        }
+    }
+}
+
+impl Publisher {
+    pub async fn open(connection: &Connection) -> Result<Self, BrokerError> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| BrokerError::amqp("opening a channel", e))?;
+        Self::on(channel).await
+    }
+
+    /// Puts `channel` into confirm mode and publishes on it.
+    pub async fn on(channel: Channel) -> Result<Self, BrokerError> {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| BrokerError::amqp("enabling publisher confirms", e))?;
+        Ok(Self { channel })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Sends without waiting for the confirm; await [`confirmed`] on the result. Lets a
+    /// producer keep many publishes in flight on one channel.
+    pub async fn send(
+        &self,
+        route: &Route<'_>,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<PublisherConfirm, BrokerError> {
+        self.channel
+            .basic_publish(
+                route.exchange.into(),
+                route.routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: route.mandatory,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .map_err(|e| BrokerError::amqp(format!("publishing to {}", route.describe()), e))
+    }
+
+    /// Publishes and waits for the broker's confirm.
+    pub async fn publish(
+        &self,
+        route: &Route<'_>,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let pending = self.send(route, body, properties).await?;
+        confirmed(pending, &route.describe()).await
+    }
+}
+
+/// Waits for one confirm: Ok only for an ack of a message that was not returned.
+pub async fn confirmed(pending: PublisherConfirm, target: &str) -> Result<(), BrokerError> {
+    let not_confirmed = |reason: String| BrokerError::NotConfirmed {
+        target: target.to_owned(),
+        reason,
+    };
+    match pending.await {
+        Ok(Confirmation::Ack(None)) => Ok(()),
+        Ok(Confirmation::Ack(Some(returned))) => Err(not_confirmed(format!(
+            "returned by the broker: {} {}",
+            returned.reply_code, returned.reply_text
+        ))),
+        Ok(Confirmation::Nack(_)) => Err(not_confirmed("nacked by the broker".into())),
+        Ok(Confirmation::NotRequested) => {
+            Err(not_confirmed("channel is not in confirm mode".into()))
+        }
+        Err(e) => Err(not_confirmed(e.to_string())),
+    }
+}
+
+/// Seconds since the epoch, for the AMQP `timestamp` property.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Properties of a persistent text message.
+pub fn persistent(content_type: &str, message_id: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type(content_type.into())
+        .with_message_id(message_id.into())
+        .with_timestamp(unix_now())
+}
+
+pub fn header(headers: &mut FieldTable, key: &str, value: impl Into<String>) {
+    headers.insert(
+        ShortString::from(key),
+        AMQPValue::LongString(value.into().into()),
+    );
+}
