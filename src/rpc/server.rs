@@ -26,16 +26,18 @@ const INLINE_FACTORIAL_MAX_N: u64 = 2_000;
 /// Texts up to this size are counted inline; longer ones go to the compute pool.
 const INLINE_TEXT_MAX_BYTES: usize = 64 * 1024;
 
+/// Messages leave the cause to `source()`, so a chain printed with `{:#}` (as
+/// `labmq-server` does) names each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("reflection service: {0}")]
     Reflection(String),
-    #[error("gRPC transport: {0}")]
+    #[error("gRPC transport")]
     Transport(#[from] tonic::transport::Error),
 }
 
@@ -203,19 +205,29 @@ pub async fn run(config: &ServerConfig, shutdown: CancellationToken) -> Result<(
     systemd::spawn_watchdog(shutdown.clone());
 
     let grace = Duration::from_secs(config.shutdown_grace_secs);
-    let drain_deadline = async {
-        shutdown.cancelled().await;
+    let mut serving = std::pin::pin!(serving);
+    // Serve until a shutdown request. When idle, `serving` can finish in the same poll
+    // that sees the cancellation, so STOPPING=1 is sent after this select whichever
+    // branch won, never from inside a branch that might lose the race.
+    let finished = tokio::select! {
+        served = &mut serving => Some(served),
+        () = shutdown.cancelled() => None,
+    };
+    if shutdown.is_cancelled() {
         systemd::stopping("draining in-flight calls");
         health
             .set_not_serving::<MessageServiceServer<ComputeService>>()
             .await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        served = serving => served?,
-        () = drain_deadline => {
-            tracing::warn!(grace_secs = config.shutdown_grace_secs, "in-flight calls still running after the grace period; exiting anyway");
-        }
+    }
+    match finished {
+        Some(served) => served?,
+        None => match tokio::time::timeout(grace, serving).await {
+            Ok(served) => served?,
+            Err(_) => tracing::warn!(
+                grace_secs = config.shutdown_grace_secs,
+                "in-flight calls still running after the grace period; exiting anyway"
+            ),
+        },
     }
     tracing::info!("labmq-server stopped");
     Ok(())
