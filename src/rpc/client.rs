@@ -54,10 +54,15 @@ impl CallError {
 
 impl From<Status> for CallError {
     fn from(status: Status) -> Self {
+        // A status with a source was made on this side from a transport failure (e.g.
+        // the connection dropped mid-call gives UNKNOWN "transport error"); one the server
+        // sent has none. Only the server's own answers are permanent.
+        let from_transport = std::error::Error::source(&status).is_some();
         let failure = match status.code() {
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
                 Failure::Transient
             }
+            Code::Unknown | Code::Internal if from_transport => Failure::Transient,
             _ => Failure::Permanent,
         };
         CallError {

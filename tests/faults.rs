@@ -1,0 +1,248 @@
+//! Fault tests: things are killed and restarted in the middle of a stream of tasks, and
+//! every task must still get its result (duplicates are allowed and reported). The broker
+//! restart runs on a private RabbitMQ node; the others use their own queues on the shared
+//! broker.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::Value;
+use support::amqp::{
+    Amqp, ConsumerSetup, ResultCounter, mixed_tasks, produce_tasks, unique, wait_status_containing,
+};
+use support::rabbit::{PrivateBroker, SHARED_AMQP_URL};
+use support::{EXIT_TIMEOUT, ServerOptions, free_addr, send_signal, spawn_server};
+
+const ALL_RESULTS_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Asserts every result is a success and reports duplicates on stderr.
+fn check_all_ok(name: &str, seen: &HashMap<String, (u32, Value)>, expected: usize) {
+    assert_eq!(seen.len(), expected, "{name}: distinct results");
+    let failed: Vec<&Value> = seen
+        .values()
+        .map(|(_, d)| d)
+        .filter(|d| d["ok"] != true)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{name}: {} failed, e.g. {}",
+        failed.len(),
+        failed[0]
+    );
+    let duplicates: u32 = seen.values().map(|(n, _)| n - 1).sum();
+    eprintln!("{name}: {expected} tasks, {expected} results, {duplicates} duplicate deliveries");
+}
+
+#[test]
+fn broker_restarted_mid_stream_of_10000_loses_nothing() {
+    let broker = PrivateBroker::start();
+    let url = broker.url();
+    let server = spawn_server("");
+    let setup = ConsumerSetup::new(&url, &[server.url()]);
+    let results = unique("results-q");
+    Amqp::connect(&url).bind_results(&setup.results_exchange, &results);
+    let mut consumer = setup.start();
+    let counter = ResultCounter::start(&url, &results);
+
+    let ids = produce_tasks(&url, &setup.queue, &mixed_tasks(10_000));
+    counter.wait_for_count(2_000, ALL_RESULTS_TIMEOUT);
+    broker.stop_app();
+    wait_status_containing(&mut consumer, "reconnecting", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3));
+    broker.start_app();
+    let seen = counter.wait_for_all(&ids, ALL_RESULTS_TIMEOUT);
+    check_all_ok("broker restart", &seen, 10_000);
+    assert!(consumer.stop(EXIT_TIMEOUT).success());
+    let log = consumer.stderr();
+    assert!(log.contains("broker unavailable; reconnecting"), "{log}");
+}
+
+#[test]
+fn grpc_server_down_for_10s_mid_stream_loses_nothing() {
+    let addr = free_addr();
+    let server_options = ServerOptions {
+        listen: addr.to_string(),
+        ..ServerOptions::default()
+    };
+    let mut server = server_options.start();
+    let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
+    let amqp = Amqp::connect(SHARED_AMQP_URL);
+    let results = unique("results-q");
+    amqp.bind_results(&setup.results_exchange, &results);
+    let mut consumer = setup.start();
+    let counter = ResultCounter::start(SHARED_AMQP_URL, &results);
+
+    let ids = produce_tasks(SHARED_AMQP_URL, &setup.queue, &mixed_tasks(5_000));
+    counter.wait_for_count(1_000, ALL_RESULTS_TIMEOUT);
+    send_signal(server.daemon.pid(), libc::SIGKILL);
+    let _ = server.daemon.wait_exit(EXIT_TIMEOUT);
+    wait_status_containing(
+        &mut consumer,
+        "gRPC server unavailable",
+        Duration::from_secs(30),
+    );
+    let during_outage = counter.distinct();
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(
+        counter.distinct() <= during_outage + 200,
+        "results kept coming with the server down"
+    );
+    let _server = server_options.start();
+    let seen = counter.wait_for_all(&ids, ALL_RESULTS_TIMEOUT);
+    check_all_ok("gRPC outage", &seen, 5_000);
+    assert!(consumer.stop(EXIT_TIMEOUT).success());
+    amqp.delete_queue(&results);
+}
+
+#[test]
+fn consumer_sigkilled_mid_stream_then_restarted_loses_nothing() {
+    let server = spawn_server("");
+    let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
+    let amqp = Amqp::connect(SHARED_AMQP_URL);
+    let results = unique("results-q");
+    amqp.bind_results(&setup.results_exchange, &results);
+    let mut consumer = setup.start();
+    let counter = ResultCounter::start(SHARED_AMQP_URL, &results);
+
+    let ids = produce_tasks(SHARED_AMQP_URL, &setup.queue, &mixed_tasks(5_000));
+    counter.wait_for_count(1_000, ALL_RESULTS_TIMEOUT);
+    send_signal(consumer.pid(), libc::SIGKILL);
+    let _ = consumer.wait_exit(EXIT_TIMEOUT);
+    let mut restarted = setup.start();
+    let seen = counter.wait_for_all(&ids, ALL_RESULTS_TIMEOUT);
+    check_all_ok("consumer SIGKILL", &seen, 5_000);
+    assert!(restarted.stop(EXIT_TIMEOUT).success());
+    amqp.delete_queue(&results);
+}
+
+#[test]
+fn consumer_sigtermed_mid_stream_drains_exits_0_and_loses_nothing() {
+    let server = spawn_server("");
+    let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
+    let amqp = Amqp::connect(SHARED_AMQP_URL);
+    let results = unique("results-q");
+    amqp.bind_results(&setup.results_exchange, &results);
+    let mut consumer = setup.start();
+    let counter = ResultCounter::start(SHARED_AMQP_URL, &results);
+
+    let ids = produce_tasks(SHARED_AMQP_URL, &setup.queue, &mixed_tasks(5_000));
+    counter.wait_for_count(1_000, ALL_RESULTS_TIMEOUT);
+    consumer.terminate();
+    consumer.wait_notify("STOPPING", "1", Duration::from_secs(30));
+    let status = consumer.wait_exit(EXIT_TIMEOUT);
+    assert!(
+        status.success(),
+        "SIGTERM exit: {status}\n{}",
+        consumer.stderr()
+    );
+    let log = consumer.stderr();
+    assert!(log.contains("draining in-flight tasks"), "{log}");
+    assert!(
+        counter.distinct() < 5_000,
+        "the stream should not be finished yet"
+    );
+
+    let mut restarted = setup.start();
+    let seen = counter.wait_for_all(&ids, ALL_RESULTS_TIMEOUT);
+    check_all_ok("consumer SIGTERM", &seen, 5_000);
+    assert!(restarted.stop(EXIT_TIMEOUT).success());
+    amqp.delete_queue(&results);
+}
+
+#[test]
+fn poison_bodies_are_dead_lettered_with_reason_and_good_tasks_complete() {
+    let server = spawn_server("");
+    let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
+    let amqp = Amqp::connect(SHARED_AMQP_URL);
+    let results = unique("results-q");
+    amqp.bind_results(&setup.results_exchange, &results);
+    let mut consumer = setup.start();
+    let counter = ResultCounter::start(SHARED_AMQP_URL, &results);
+
+    let huge = vec![b'a'; 10 * 1024 * 1024];
+    let poison: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("p-fact-abc", b"fact:abc".to_vec(), "INVALID_TASK"),
+        ("p-fact-neg", b"fact:-5".to_vec(), "INVALID_ARGUMENT"),
+        ("p-fact-big", b"fact:99999999".to_vec(), "INVALID_ARGUMENT"),
+        ("p-freq-empty", b"freq:".to_vec(), "INVALID_TASK"),
+        ("p-freq-digits", b"freq:123".to_vec(), "INVALID_ARGUMENT"),
+        ("p-empty", Vec::new(), "EMPTY_BODY"),
+        ("p-utf8", b"fact:\xff\xfe6".to_vec(), "INVALID_UTF8"),
+        ("p-huge", huge, "BODY_TOO_LARGE"),
+    ];
+    amqp.declare_queue(&setup.queue, FieldTable::default());
+    let mut good_ids = Vec::new();
+    for (i, (id, body, _)) in poison.iter().enumerate() {
+        amqp.publish(
+            &setup.queue,
+            body,
+            BasicProperties::default().with_message_id((*id).into()),
+        );
+        let good = format!("good-{i}");
+        amqp.publish(
+            &setup.queue,
+            format!("fact:{i}").as_bytes(),
+            BasicProperties::default().with_message_id(good.as_str().into()),
+        );
+        good_ids.push(good);
+    }
+    let mut all_ids: Vec<String> = poison.iter().map(|(id, _, _)| (*id).to_owned()).collect();
+    all_ids.extend(good_ids.iter().cloned());
+    let seen = counter.wait_for_all(&all_ids, ALL_RESULTS_TIMEOUT);
+
+    for id in &good_ids {
+        assert_eq!(seen[id].1["ok"], true, "{}", seen[id].1);
+    }
+    for (id, _, code) in &poison {
+        let document = &seen[*id].1;
+        assert_eq!(document["ok"], false, "{document}");
+        assert_eq!(document["error"]["code"], *code, "{id}: {document}");
+        assert!(!document["error"]["message"].as_str().unwrap().is_empty());
+    }
+    assert!(
+        seen["p-fact-big"].1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("100000")
+    );
+    assert!(seen["p-huge"].1["task"].as_str().unwrap().len() < 2_000);
+
+    let dead_queue = format!("{}.dead", setup.queue);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while amqp.ready_count(&dead_queue) < poison.len() as u32 {
+        assert!(std::time::Instant::now() < deadline, "dead letters missing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dead = amqp.drain(&dead_queue);
+    assert_eq!(dead.len(), poison.len());
+    for (body, properties) in &dead {
+        let id = properties
+            .message_id()
+            .as_ref()
+            .expect("original message_id kept")
+            .to_string();
+        let (_, original, code) = poison
+            .iter()
+            .find(|(p, _, _)| *p == id)
+            .expect("a poison id");
+        assert_eq!(body, original, "{id}: body kept as published");
+        let headers = properties.headers().as_ref().expect("headers");
+        let header = |key: &str| match headers.inner().get(key) {
+            Some(AMQPValue::LongString(value)) => value.to_string(),
+            other => panic!("{id}: header {key} is {other:?}"),
+        };
+        assert_eq!(header("x-labmq-error-code"), *code);
+        assert!(!header("x-labmq-error-reason").is_empty());
+        assert_eq!(header("x-labmq-original-queue"), setup.queue);
+    }
+    // Nothing left behind: the task queue is empty and the consumer still runs.
+    assert_eq!(amqp.ready_count(&setup.queue), 0);
+    assert!(consumer.try_exit_status().is_none(), "consumer died");
+    assert!(consumer.stop(EXIT_TIMEOUT).success());
+    amqp.delete_queue(&results);
+    amqp.delete_queue(&dead_queue);
+}

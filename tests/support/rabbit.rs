@@ -1,0 +1,153 @@
+//! A private RabbitMQ node for tests that stop, restart or break the broker, so the shared
+//! node at 127.0.0.1:5672 is never touched. Each node has its own name, ports and data
+//! directory (owned by the `rabbitmq` user, which `rabbitmq-server` drops to).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+/// The shared broker every machine of this project runs (guest/guest on loopback).
+pub const SHARED_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub struct PrivateBroker {
+    pub node: String,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+fn rabbitmqctl(node: &str, args: &[&str]) -> std::process::Output {
+    Command::new("rabbitmqctl")
+        .arg("-n")
+        .arg(node)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run rabbitmqctl ({e}); install RabbitMQ: apt-get install rabbitmq-server"
+            )
+        })
+}
+
+impl PrivateBroker {
+    /// Starts a node and waits until its AMQP port serves.
+    pub fn start() -> Self {
+        let port = free_port();
+        let dist_port = free_port();
+        let node = format!("labmqtest{port}@localhost");
+        let dir = PathBuf::from(format!("/tmp/labmq-rabbit-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create private broker dir");
+        let plugins = dir.join("enabled_plugins");
+        std::fs::write(&plugins, "[].\n").expect("write enabled_plugins");
+        // A config of its own: the machine's /etc/rabbitmq/rabbitmq.conf may pin the
+        // listener to 5672, which would clash with the shared node.
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n"),
+        )
+        .expect("write rabbitmq.conf");
+        let chown = Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(&dir)
+            .status()
+            .expect("run chown");
+        assert!(
+            chown.success(),
+            "chown {} to rabbitmq failed",
+            dir.display()
+        );
+
+        let broker = Self { node, port, dir };
+        let mut command = Command::new("rabbitmq-server");
+        let status = broker
+            .env(&mut command)
+            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+            .arg("-detached")
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run rabbitmq-server ({e}); install it: apt-get install rabbitmq-server"
+                )
+            });
+        assert!(
+            status.success(),
+            "rabbitmq-server -detached failed: {status}"
+        );
+        broker.wait_serving();
+        broker
+    }
+
+    fn env<'a>(&self, command: &'a mut Command) -> &'a mut Command {
+        let dir = self.dir.display();
+        command
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", format!("{dir}/mnesia"))
+            .env("RABBITMQ_LOG_BASE", format!("{dir}/log"))
+            .env("RABBITMQ_PID_FILE", format!("{dir}/pid"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                format!("{dir}/enabled_plugins"),
+            )
+            // Named without ".conf": RabbitMQ 3.10 appends the extension itself.
+            .env("RABBITMQ_CONFIG_FILE", format!("{dir}/rabbitmq"))
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Blocks until the node has booted and its AMQP listener is up.
+    pub fn wait_serving(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let output = rabbitmqctl(&self.node, &["await_startup", "--timeout", "10"]);
+            if output.status.success()
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "private RabbitMQ node {} did not start within {START_TIMEOUT:?}: {}\nlogs in {}",
+                self.node,
+                String::from_utf8_lossy(&output.stderr),
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Stops the RabbitMQ application (connections drop, the node stays up).
+    pub fn stop_app(&self) {
+        let output = rabbitmqctl(&self.node, &["stop_app"]);
+        assert!(
+            output.status.success(),
+            "stop_app: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub fn start_app(&self) {
+        let output = rabbitmqctl(&self.node, &["start_app"]);
+        assert!(
+            output.status.success(),
+            "start_app: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.wait_serving();
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = rabbitmqctl(&self.node, &["stop"]);
+        if std::env::var_os("LABMQ_KEEP_BROKER").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
