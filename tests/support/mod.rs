@@ -515,3 +515,6 @@ impl Server {
 pub fn spawn_server(config: &str) -> Server {
     ServerOptions::with_config(config).start()
 }
+
+pub mod amqp;
+pub mod rabbit;
