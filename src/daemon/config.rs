@@ -374,6 +374,8 @@ pub fn describe_source(file: &ConfigFile) -> String {
 }
 
 #[cfg(test)]
+// figment's Jail closures return figment::Error, which is large; fine in tests.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;
