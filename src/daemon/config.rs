@@ -469,7 +469,8 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.set_env("LABMQ_SERVER_LISTEN", "localhost");
             let err = load_server("absent.toml").unwrap_err().to_string();
-            assert!(err.contains("listen"), "{err}");
+            assert!(err.contains("LISTEN"), "{err}");
+            assert!(err.contains("LABMQ_SERVER_"), "{err}");
             Ok(())
         });
     }
