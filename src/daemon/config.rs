@@ -514,4 +514,43 @@ mod tests {
             Ok(())
         });
     }
+
+    /// The shipped /etc files list every key, commented out, with its real default.
+    fn shipped_file_matches_defaults<T: DaemonConfig>(shipped: &str) {
+        let uncommented: String = shipped
+            .lines()
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| {
+                line.split_once(" = ")
+                    .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let from_file: T = Figment::from(Toml::string(&uncommented))
+            .extract()
+            .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        let as_toml = |config: &T| serde_json::to_value(config).unwrap();
+        assert_eq!(as_toml(&from_file), as_toml(&T::default()));
+        let keys = serde_json::to_value(T::default()).unwrap();
+        for key in keys.as_object().unwrap().keys() {
+            assert!(
+                uncommented.contains(&format!("{key} = ")),
+                "key {key} missing from the shipped file"
+            );
+        }
+    }
+
+    #[test]
+    fn shipped_server_toml_lists_every_key_with_its_default() {
+        shipped_file_matches_defaults::<ServerConfig>(include_str!(
+            "../../packaging/etc/server.toml"
+        ));
+    }
+
+    #[test]
+    fn shipped_consumer_toml_lists_every_key_with_its_default() {
+        shipped_file_matches_defaults::<ConsumerConfig>(include_str!(
+            "../../packaging/etc/consumer.toml"
+        ));
+    }
 }
