@@ -1,14 +1,20 @@
 //! `labmq-server`: the tonic service over the pure computations, plus health, reflection,
 //! systemd readiness and graceful shutdown.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, transport::server::TcpIncoming};
+use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
+use tonic::{Request, Response, Status};
 
 use crate::compute::{self, AbSplitter};
 use crate::daemon::{config::ServerConfig, systemd};
@@ -25,6 +31,9 @@ const LOGGED_PAYLOAD_CHARS: usize = 200;
 const INLINE_FACTORIAL_MAX_N: u64 = 2_000;
 /// Texts up to this size are counted inline; longer ones go to the compute pool.
 const INLINE_TEXT_MAX_BYTES: usize = 64 * 1024;
+/// How long a connection the server closes keeps reading, at most, so its peer can take
+/// in the last response (see [`LingeringStream`]).
+const LINGER: Duration = Duration::from_secs(5);
 
 /// Messages leave the cause to `source()`, so a chain printed with `{:#}` (as
 /// `labmq-server` does) names each cause once.
@@ -190,7 +199,11 @@ pub async fn run(config: &ServerConfig, shutdown: CancellationToken) -> Result<(
         .max_decoding_message_size(decode_limit)
         .max_encoding_message_size(usize::MAX);
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Every connection holds a clone of `closing` until its lingering close is over.
+    let (closing, mut closed) = mpsc::channel::<()>(1);
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(move |accepted| accepted.map(|stream| LingeringStream::new(stream, &closing)));
     let serving = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
@@ -219,16 +232,129 @@ pub async fn run(config: &ServerConfig, shutdown: CancellationToken) -> Result<(
             .set_not_serving::<MessageServiceServer<ComputeService>>()
             .await;
     }
-    match finished {
-        Some(served) => served?,
+    let drained = match finished {
+        Some(served) => served.map(|()| true)?,
         None => match tokio::time::timeout(grace, serving).await {
-            Ok(served) => served?,
-            Err(_) => tracing::warn!(
-                grace_secs = config.shutdown_grace_secs,
-                "in-flight calls still running after the grace period; exiting anyway"
-            ),
+            Ok(served) => served.map(|()| true)?,
+            Err(_) => {
+                tracing::warn!(
+                    grace_secs = config.shutdown_grace_secs,
+                    "in-flight calls still running after the grace period; exiting anyway"
+                );
+                false
+            }
         },
+    };
+    if drained {
+        // Every connection is closed; let the last responses reach their clients.
+        let _ = tokio::time::timeout(LINGER, closed.recv()).await;
     }
     tracing::info!("labmq-server stopped");
     Ok(())
+}
+
+/// A served TCP connection, closed the lingering way once hyper is done with it.
+///
+/// After a graceful shutdown hyper drops a connection as soon as its last response is
+/// written. Closing a socket whose peer still sends (HTTP/2 WINDOW_UPDATEs while it reads
+/// a large response) makes the kernel answer with a reset, and the peer loses the part of
+/// the response it had not read yet. So instead of closing at once, the socket is shut
+/// down for writing (FIN after all data) and read until the peer closes its side, for at
+/// most [`LINGER`]. On a connection the client closed, the read ends at once.
+struct LingeringStream {
+    /// `None` only inside `drop`.
+    stream: Option<TcpStream>,
+    /// Held until the lingering close is over, so the server can wait for it.
+    closing: mpsc::Sender<()>,
+}
+
+impl LingeringStream {
+    fn new(stream: TcpStream, closing: &mpsc::Sender<()>) -> Self {
+        Self {
+            stream: Some(stream),
+            closing: closing.clone(),
+        }
+    }
+
+    fn stream(&mut self) -> io::Result<&mut TcpStream> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+}
+
+async fn linger(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink).await, Ok(read) if read > 0) {}
+}
+
+impl Drop for LingeringStream {
+    fn drop(&mut self) {
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let closing = self.closing.clone();
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(LINGER, linger(stream)).await;
+            drop(closing);
+        });
+    }
+}
+
+impl Connected for LingeringStream {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        match &self.stream {
+            Some(stream) => stream.connect_info(),
+            None => TcpConnectInfo {
+                local_addr: None,
+                remote_addr: None,
+            },
+        }
+    }
+}
+
+impl AsyncRead for LingeringStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(self.get_mut().stream()?).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LingeringStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.get_mut().stream()?).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.get_mut().stream()?).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| s.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.get_mut().stream()?).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.get_mut().stream()?).poll_shutdown(cx)
+    }
 }
