@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::AmqpTarget;
 use super::handle::{Handler, RetryPolicy, Verdict, derived_id};
-use super::publish::{Publisher, Route, header, unix_now};
+use super::publish::{Publisher, Route, confirmed, header, unix_now};
 use super::result::{ErrorInfo, ResultDocument};
 use super::status::StatusBoard;
 use super::topology::Topology;
@@ -320,8 +320,8 @@ async fn process(delivery: Delivery, _slot: OwnedSemaphorePermit, context: Arc<C
     }
 }
 
-/// Publishes every result (exchange and `reply_to`), then the dead-letter copy if any,
-/// each confirmed before the next.
+/// Publishes every result (exchange and `reply_to`) and the dead-letter copy if any, all
+/// sent at once, then waits for every confirm: one broker round trip per message.
 async fn deliver(
     context: &Context,
     delivery: &Delivery,
@@ -329,8 +329,18 @@ async fn deliver(
     dead_letter: Option<&ErrorInfo>,
 ) -> Result<(), BrokerError> {
     let properties = &delivery.properties;
-    let reply_to = properties.reply_to().as_ref().map(ShortString::to_string);
+    let reply_to = properties
+        .reply_to()
+        .as_ref()
+        .map(ShortString::to_string)
+        .filter(|r| !r.is_empty());
     let correlation_id = properties.correlation_id().clone();
+    let results_route = Route {
+        exchange: &context.topology.results_exchange,
+        routing_key: "",
+        mandatory: false,
+    };
+    let mut pending = Vec::with_capacity(results.len() * 2 + 1);
     for document in results {
         let body = document.to_json();
         let result_properties = BasicProperties::default()
@@ -338,36 +348,31 @@ async fn deliver(
             .with_content_type("application/json".into())
             .with_message_id(document.id.as_str().into())
             .with_timestamp(unix_now());
-        context
-            .publisher
-            .publish(
-                &Route {
-                    exchange: &context.topology.results_exchange,
-                    routing_key: "",
-                    mandatory: false,
-                },
-                &body,
-                result_properties.clone(),
-            )
-            .await?;
-        if let Some(reply_to) = reply_to.as_deref().filter(|r| !r.is_empty()) {
+        pending.push((
+            context
+                .publisher
+                .send(&results_route, &body, result_properties.clone())
+                .await?,
+            "the results exchange",
+        ));
+        if let Some(reply_to) = reply_to.as_deref() {
             let reply_properties = match &correlation_id {
                 Some(id) => result_properties.with_correlation_id(id.clone()),
                 None => result_properties,
             };
             // Not mandatory: a requester that has gone away is not the task's failure.
-            context
-                .publisher
-                .publish(
-                    &Route {
-                        exchange: "",
-                        routing_key: reply_to,
-                        mandatory: false,
-                    },
-                    &body,
-                    reply_properties,
-                )
-                .await?;
+            let reply_route = Route {
+                exchange: "",
+                routing_key: reply_to,
+                mandatory: false,
+            };
+            pending.push((
+                context
+                    .publisher
+                    .send(&reply_route, &body, reply_properties)
+                    .await?,
+                "reply_to",
+            ));
         }
     }
     if let Some(error) = dead_letter {
@@ -393,18 +398,21 @@ async fn deliver(
             .clone()
             .with_headers(headers)
             .with_delivery_mode(super::publish::PERSISTENT);
-        context
-            .publisher
-            .publish(
-                &Route {
-                    exchange: "",
-                    routing_key: &queue,
-                    mandatory: true,
-                },
-                &delivery.data,
-                dead_properties,
-            )
-            .await?;
+        let dead_route = Route {
+            exchange: "",
+            routing_key: &queue,
+            mandatory: true,
+        };
+        pending.push((
+            context
+                .publisher
+                .send(&dead_route, &delivery.data, dead_properties)
+                .await?,
+            "the dead-letter queue",
+        ));
+    }
+    for (confirm, target) in pending {
+        confirmed(confirm, target).await?;
     }
     Ok(())
 }

@@ -81,17 +81,6 @@ impl Publisher {
             .await
             .map_err(|e| BrokerError::amqp(format!("publishing to {}", route.describe()), e))
     }
-
-    /// Publishes and waits for the broker's confirm.
-    pub async fn publish(
-        &self,
-        route: &Route<'_>,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<(), BrokerError> {
-        let pending = self.send(route, body, properties).await?;
-        confirmed(pending, &route.describe()).await
-    }
 }
 
 /// Waits for one confirm: Ok only for an ack of a message that was not returned.

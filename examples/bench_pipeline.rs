@@ -1,0 +1,539 @@
+//! Benchmark of the asynchronous pipeline on RabbitMQ; run through `./bench`, which builds
+//! the release binaries and passes their directory here.
+//!
+//! `cargo run --release --example bench_pipeline -- --bin-dir target/release`
+//!
+//! In one run, against the broker at `--amqp-url` (loopback only):
+//! (a) raw broker rate: N persistent messages published with confirms and consumed with
+//!     acks, no processing;
+//! (b) relay bound: the same, but a relay consumes each message, publishes a ~200-byte
+//!     persistent result with a confirm to a second queue, then acks, while a third
+//!     consumer drains the results: no gRPC, no parsing;
+//! (c) labmq end to end: N mixed tasks from `labmq-produce -` until the last result
+//!     document is on the results exchange (labmq-consumer + labmq-server);
+//! (d) latency of `labmq-produce --wait` for single tasks on the idle pipeline, the
+//!     whole command (process start, connect, publish, result) timed.
+//! Every phase is bounded in time and deletes its queues. Prints markdown on stdout.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use clap::Parser;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, Parser)]
+#[command(about = "labmq pipeline benchmark (see ./bench)")]
+struct Args {
+    /// Directory with release builds of labmq-server, labmq-consumer, labmq-produce
+    #[arg(long, value_name = "DIR")]
+    bin_dir: PathBuf,
+    /// Broker; must be on loopback
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// Messages (a, b) and tasks (c) per phase
+    #[arg(long, default_value_t = 10_000)]
+    messages: usize,
+    /// Single-task `labmq-produce --wait` runs for the latency phase (d)
+    #[arg(long, default_value_t = 200)]
+    latency_runs: usize,
+    /// Upper bound on each phase, in seconds
+    #[arg(long, default_value_t = 120)]
+    phase_timeout: u64,
+}
+
+fn unique(name: &str) -> String {
+    format!("labmq-bench-{name}-{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn channel(connection: &Connection, prefetch: u16) -> anyhow::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+async fn declare(channel: &Channel, queue: &str) -> anyhow::Result<()> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn delete(channel: &Channel, queue: &str) {
+    let _ = channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await;
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+/// Publishes `count` bodies to `queue` with confirms, keeping many in flight.
+async fn publish_confirmed(channel: &Channel, queue: &str, count: usize) -> anyhow::Result<()> {
+    let mut pending = futures_util::stream::FuturesUnordered::new();
+    for i in 0..count {
+        let body = format!("fact:{}", i % 30);
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                persistent(),
+            )
+            .await?;
+        pending.push(confirm);
+        if pending.len() >= 2048 {
+            if let Some(confirmation) = pending.next().await {
+                ensure!(confirmation?.is_ack(), "publish nacked");
+            }
+        }
+    }
+    while let Some(confirmation) = pending.next().await {
+        ensure!(confirmation?.is_ack(), "publish nacked");
+    }
+    Ok(())
+}
+
+/// Consumes `count` messages from `queue` with acks; returns when all are acked.
+async fn drain(channel: Channel, queue: String, count: usize) -> anyhow::Result<()> {
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut seen = 0;
+    while seen < count {
+        let delivery = consumer.next().await.context("consumer ended")??;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        seen += 1;
+    }
+    Ok(())
+}
+
+/// (a) publish with confirms while a consumer acks; time until the last ack.
+async fn raw_rate(connection: &Connection, count: usize) -> anyhow::Result<Duration> {
+    let queue = unique("raw");
+    let publisher = channel(connection, 0).await?;
+    declare(&publisher, &queue).await?;
+    let consumer_channel = channel(connection, 1000).await?;
+    let started = Instant::now();
+    let drained = tokio::spawn(drain(consumer_channel, queue.clone(), count));
+    publish_confirmed(&publisher, &queue, count).await?;
+    drained.await??;
+    let elapsed = started.elapsed();
+    delete(&publisher, &queue).await;
+    Ok(elapsed)
+}
+
+/// (b) publisher → q1 → relay (publish result with confirm, then ack) → q2 → drainer.
+async fn relay_bound(connection: &Connection, count: usize) -> anyhow::Result<Duration> {
+    let (tasks, results) = (unique("relay-in"), unique("relay-out"));
+    let publisher = channel(connection, 0).await?;
+    declare(&publisher, &tasks).await?;
+    declare(&publisher, &results).await?;
+    let relay_in = channel(connection, 256).await?;
+    let relay_out = channel(connection, 0).await?;
+    let drainer = channel(connection, 1000).await?;
+    let result_body = Arc::new(vec![b'r'; 200]);
+
+    let started = Instant::now();
+    let drained = tokio::spawn(drain(drainer, results.clone(), count));
+    let relay = {
+        let (tasks, results) = (tasks.clone(), results.clone());
+        tokio::spawn(async move {
+            let mut consumer = relay_in
+                .basic_consume(
+                    tasks.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let mut handled = 0;
+            let mut in_flight = tokio::task::JoinSet::new();
+            while handled < count {
+                let delivery = consumer.next().await.context("relay consumer ended")??;
+                handled += 1;
+                let (out, results, body) =
+                    (relay_out.clone(), results.clone(), result_body.clone());
+                in_flight.spawn(async move {
+                    let confirm = out
+                        .basic_publish(
+                            "".into(),
+                            results.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &body,
+                            persistent(),
+                        )
+                        .await?;
+                    ensure!(confirm.await?.is_ack(), "relay publish nacked");
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                    Ok::<(), anyhow::Error>(())
+                });
+                while let Some(done) = in_flight.try_join_next() {
+                    done??;
+                }
+            }
+            while let Some(done) = in_flight.join_next().await {
+                done??;
+            }
+            Ok::<(), anyhow::Error>(())
+        })
+    };
+    publish_confirmed(&publisher, &tasks, count).await?;
+    relay.await??;
+    drained.await??;
+    let elapsed = started.elapsed();
+    delete(&publisher, &tasks).await;
+    delete(&publisher, &results).await;
+    Ok(elapsed)
+}
+
+/// A child process killed (SIGTERM, then reaped) when dropped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: kill(2) only sends a signal.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+struct Pipeline {
+    _server: Daemon,
+    _consumer: Daemon,
+    queue: String,
+    results_exchange: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_pipeline(args: &Args) -> anyhow::Result<Pipeline> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let queue = unique("tasks");
+    let results_exchange = unique("results");
+    std::fs::write(dir.path().join("server.toml"), "log_level = \"warn\"\n")?;
+    std::fs::write(
+        dir.path().join("consumer.toml"),
+        format!(
+            "amqp_url = {:?}\nqueue = {queue:?}\nresults_exchange = {results_exchange:?}\n\
+             grpc_targets = [\"127.0.0.1:{port}\"]\nlog_level = \"warn\"\n",
+            args.amqp_url
+        ),
+    )?;
+    let server = Daemon(
+        Command::new(args.bin_dir.join("labmq-server"))
+            .arg("--config")
+            .arg(dir.path().join("server.toml"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start labmq-server")?,
+    );
+    wait_port(port).await?;
+    let consumer = Daemon(
+        Command::new(args.bin_dir.join("labmq-consumer"))
+            .arg("--config")
+            .arg(dir.path().join("consumer.toml"))
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start labmq-consumer")?,
+    );
+    Ok(Pipeline {
+        _server: server,
+        _consumer: consumer,
+        queue,
+        results_exchange,
+        _dir: dir,
+    })
+}
+
+async fn wait_port(port: u16) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("labmq-server did not listen on port {port}")
+}
+
+/// Waits until the consumer has declared the results exchange and subscribed.
+async fn wait_consuming(connection: &Connection, queue: &str) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        let probe = connection.create_channel().await?;
+        if let Ok(q) = probe
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+        {
+            let _ = probe.close(200, "".into()).await;
+            if q.consumer_count() > 0 {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("labmq-consumer did not start consuming {queue}")
+}
+
+fn mixed_tasks(count: usize) -> String {
+    (0..count)
+        .map(|i| match i % 4 {
+            0 => format!("fact:{}\n", i % 30),
+            1 => format!("freq:abracadabra{i}\n"),
+            2 => format!("user{i}\n"),
+            _ => format!("upper:hello{i}\n"),
+        })
+        .collect()
+}
+
+/// (c) labmq-produce → consumer → server → results exchange, until the last result.
+async fn labmq_end_to_end(
+    args: &Args,
+    connection: &Connection,
+    pipeline: &Pipeline,
+) -> anyhow::Result<Duration> {
+    let watcher = channel(connection, 1000).await?;
+    watcher
+        .exchange_declare(
+            pipeline.results_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let results = unique("results-q");
+    declare(&watcher, &results).await?;
+    watcher
+        .queue_bind(
+            results.as_str().into(),
+            pipeline.results_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let input = mixed_tasks(args.messages);
+
+    let started = Instant::now();
+    let drained = tokio::spawn(drain(watcher.clone(), results.clone(), args.messages));
+    let mut produce = tokio::process::Command::new(args.bin_dir.join("labmq-produce"))
+        .args([
+            "--amqp-url",
+            &args.amqp_url,
+            "--queue",
+            &pipeline.queue,
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("start labmq-produce")?;
+    let mut stdin = produce.stdin.take().context("produce stdin")?;
+    stdin.write_all(input.as_bytes()).await?;
+    drop(stdin);
+    ensure!(produce.wait().await?.success(), "labmq-produce failed");
+    drained.await??;
+    let elapsed = started.elapsed();
+    delete(&watcher, &results).await;
+    Ok(elapsed)
+}
+
+/// (d) one `labmq-produce --wait TASK` after another; the whole command is timed.
+async fn wait_latency(args: &Args, pipeline: &Pipeline) -> anyhow::Result<Vec<Duration>> {
+    let mut latencies = Vec::with_capacity(args.latency_runs);
+    let tasks = ["fact:6", "freq:abracadabra", "user42", "upper:hello"];
+    for i in 0..args.latency_runs + 10 {
+        let started = Instant::now();
+        let output = tokio::process::Command::new(args.bin_dir.join("labmq-produce"))
+            .args(["--amqp-url", &args.amqp_url, "--queue", &pipeline.queue])
+            .args(["--wait", "--timeout", "10", tasks[i % tasks.len()]])
+            .output()
+            .await?;
+        let elapsed = started.elapsed();
+        ensure!(
+            output.status.success(),
+            "labmq-produce --wait failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // The first runs warm caches and connections on the broker side.
+        if i >= 10 {
+            latencies.push(elapsed);
+        }
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// Time to start and finish the CLI when there is nothing to do, as a floor for (d).
+async fn cli_floor(bin_dir: &Path) -> anyhow::Result<Duration> {
+    let mut best = Duration::MAX;
+    for _ in 0..20 {
+        let started = Instant::now();
+        tokio::process::Command::new(bin_dir.join("labmq-produce"))
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .await?;
+        best = best.min(started.elapsed());
+    }
+    Ok(best)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    what: &str,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(timeout, work)
+        .await
+        .with_context(|| format!("{what} did not finish within {timeout:?}"))?
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let host = args
+        .amqp_url
+        .split('@')
+        .nth(1)
+        .unwrap_or(&args.amqp_url)
+        .to_owned();
+    ensure!(
+        host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]"),
+        "the benchmark only talks to a broker on loopback, not {host}"
+    );
+    let timeout = Duration::from_secs(args.phase_timeout);
+    let n = args.messages;
+    let connection = Connection::connect(&args.amqp_url, ConnectionProperties::default())
+        .await
+        .context("connect to RabbitMQ")?;
+
+    let raw = bounded(timeout, "(a) raw broker rate", raw_rate(&connection, n)).await?;
+    let relay = bounded(timeout, "(b) relay bound", relay_bound(&connection, n)).await?;
+    let pipeline = start_pipeline(&args).await?;
+    wait_consuming(&connection, &pipeline.queue).await?;
+    let labmq = bounded(
+        timeout,
+        "(c) labmq end to end",
+        labmq_end_to_end(&args, &connection, &pipeline),
+    )
+    .await?;
+    let latencies = bounded(
+        timeout,
+        "(d) --wait latency",
+        wait_latency(&args, &pipeline),
+    )
+    .await?;
+    let floor = cli_floor(&args.bin_dir).await?;
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    let (raw_rate, relay_rate, labmq_rate) = (rate(raw), rate(relay), rate(labmq));
+
+    println!("### Pipeline over RabbitMQ ({n} messages per phase, persistent, confirmed)\n");
+    println!("| phase | time | msg/s | vs (b) relay bound |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| (a) raw broker: publish + consume with acks | {:.0} ms | {raw_rate:.0} | {:.2}× |",
+        ms(raw),
+        raw_rate / relay_rate
+    );
+    println!(
+        "| (b) relay bound: consume, publish result with confirm, ack; drain | {:.0} ms | {relay_rate:.0} | 1.00× |",
+        ms(relay)
+    );
+    println!(
+        "| (c) labmq: `labmq-produce -` → consumer → server → results | {:.0} ms | {labmq_rate:.0} | **{:.2}×** |",
+        ms(labmq),
+        labmq_rate / relay_rate
+    );
+    println!();
+    println!(
+        "(d) `labmq-produce --wait TASK`, whole command, {} runs on the idle pipeline: \
+         p50 **{:.2} ms**, p99 {:.2} ms, min {:.2} ms (process start alone: {:.2} ms).",
+        latencies.len(),
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(percentile(&latencies, 0.0)),
+        ms(floor)
+    );
+    println!();
+    println!(
+        "Targets: (c) ≥ 60 % of (b): {} ({:.0} %); (d) p50 ≤ 5 ms: {} ({:.2} ms).",
+        if labmq_rate >= 0.6 * relay_rate {
+            "met"
+        } else {
+            "MISSED"
+        },
+        100.0 * labmq_rate / relay_rate,
+        if percentile(&latencies, 0.5) <= Duration::from_millis(5) {
+            "met"
+        } else {
+            "MISSED"
+        },
+        ms(percentile(&latencies, 0.5))
+    );
+    let _ = connection.close(200, "".into()).await;
+    Ok(())
+}
