@@ -37,7 +37,7 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
     /// Runs per factorial; the best is reported
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 15)]
     runs: usize,
     /// Factorials to time, comma-separated
     #[arg(long, value_delimiter = ',', default_value = "10000,50000,100000")]
