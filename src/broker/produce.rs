@@ -65,8 +65,9 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Connects and makes sure the task queue exists: an existing queue of any type is
-    /// used as is; a missing one is declared as `topology` says.
+    /// Connects and makes sure the task queue exists: it is declared as `topology`
+    /// says, and an existing queue declared differently (e.g. a quorum queue while the
+    /// producer's config says classic) is used as it is.
     pub async fn connect(
         target: &super::connection::AmqpTarget,
         topology: &Topology,
@@ -76,12 +77,20 @@ impl Producer {
             .connect(client_name)
             .await
             .map_err(ProduceError::Unreachable)?;
-        if !queue_exists(&connection, &topology.queue).await? {
-            let channel = open_channel(&connection).await?;
-            topology.declare_task_queue(&channel).await?;
-            let _ = channel.close(200, "declared".into()).await;
-        }
-        let publisher = Publisher::open(&connection).await?;
+        let channel = open_channel(&connection).await?;
+        // The common case costs one round trip on the channel that will publish; only a
+        // refused declaration (which closes its channel) needs a second channel.
+        let channel = match topology.declare_task_queue(&channel).await {
+            Ok(()) => channel,
+            Err(declare_error) => {
+                let channel = open_channel(&connection).await?;
+                if !queue_exists(&channel, &topology.queue).await {
+                    return Err(declare_error.into());
+                }
+                channel
+            }
+        };
+        let publisher = Publisher::on(channel).await?;
         Ok(Self {
             connection,
             publisher,
@@ -241,10 +250,9 @@ async fn open_channel(connection: &Connection) -> Result<Channel, BrokerError> {
         .map_err(|e| BrokerError::amqp("opening a channel", e))
 }
 
-/// A passive declare: a missing queue closes the channel with 404, so it gets its own.
-async fn queue_exists(connection: &Connection, queue: &str) -> Result<bool, BrokerError> {
-    let channel = open_channel(connection).await?;
-    let exists = channel
+/// A passive declare: true if `queue` exists, whatever its arguments.
+async fn queue_exists(channel: &Channel, queue: &str) -> bool {
+    channel
         .queue_declare(
             queue.into(),
             QueueDeclareOptions {
@@ -254,9 +262,5 @@ async fn queue_exists(connection: &Connection, queue: &str) -> Result<bool, Brok
             FieldTable::default(),
         )
         .await
-        .is_ok();
-    if exists {
-        let _ = channel.close(200, "checked".into()).await;
-    }
-    Ok(exists)
+        .is_ok()
 }
