@@ -18,6 +18,7 @@ fn commands() -> Vec<Command> {
         labmq::cli::CallArgs::command(),
         labmq::cli::ConsumerArgs::command(),
         labmq::cli::ProduceArgs::command(),
+        labmq::cli::WebArgs::command(),
     ]
 }
 

@@ -174,3 +174,52 @@ pub struct ProduceArgs {
     #[arg(required = true, value_name = "TASK")]
     pub tasks: Vec<String>,
 }
+
+/// Default config path of `labmq-web`.
+pub const WEB_CONFIG_PATH: &str = "/etc/labmq/web.toml";
+
+/// The labmq web page and JSON API: submit tasks, browse their results.
+///
+/// GET / shows a form that publishes tasks to the task queue (with publisher confirms)
+/// and a table of stored results that updates itself. Results come from labmq-web's own
+/// durable queue bound to the results exchange and are stored in SQLite, one row per
+/// result id. JSON API: POST /api/tasks, GET /api/results, GET /api/results/ID,
+/// GET /healthz. Configuration layers, later wins: defaults, the TOML file
+/// (/etc/labmq/web.toml or --config), LABMQ_WEB_* environment variables, command-line
+/// flags. READY=1 once the HTTP listener is bound (stored results can be browsed without
+/// a broker); the status line says whether the broker is connected. SIGTERM stops
+/// cleanly; SIGHUP re-reads log_level. Exit status: 0 clean stop, 1 runtime failure
+/// (e.g. address in use, database not writable), 78 bad configuration.
+#[derive(Debug, Parser)]
+#[command(name = "labmq-web", version)]
+pub struct WebArgs {
+    /// Configuration file [default: /etc/labmq/web.toml, skipped if absent]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration, print one line and exit (0 valid, 78 invalid)
+    #[arg(long)]
+    pub check_config: bool,
+    #[command(flatten)]
+    pub flags: WebFlags,
+}
+
+/// Flags that override configuration keys of the same name.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct WebFlags {
+    /// Address to listen on (key `listen`) [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Broker URL (key `amqp_url`) [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amqp_url: Option<String>,
+    /// SQLite database file (key `database`) [default: /var/lib/labmq-web/results.sqlite3]
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// Log level or tracing filter (key `log_level`) [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}

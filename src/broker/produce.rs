@@ -175,6 +175,12 @@ impl Producer {
         Ok(published)
     }
 
+    /// False once the connection is gone (closed, or lost with the broker); a cached
+    /// producer is then replaced.
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
     pub async fn close(self) {
         let _ = self.connection.close(200, "done".into()).await;
     }

@@ -95,12 +95,16 @@ impl ResultDocument {
 
     /// One human line: `fact:6 => 720` or `fact:-1 => error INVALID_ARGUMENT: …`.
     pub fn summary(&self) -> String {
+        format!("{} => {}", self.task, self.outcome())
+    }
+
+    /// The part of [`summary`](Self::summary) after `=>`: the value (`720`, `group A`)
+    /// or `error CODE: message`.
+    pub fn outcome(&self) -> String {
         match (&self.result, &self.error) {
-            (Some(result), _) => format!("{} => {}", self.task, render_result(result)),
-            (None, Some(error)) => {
-                format!("{} => error {}: {}", self.task, error.code, error.message)
-            }
-            (None, None) => format!("{} => (empty result)", self.task),
+            (Some(result), _) => render_result(result),
+            (None, Some(error)) => format!("error {}: {}", error.code, error.message),
+            (None, None) => "(empty result)".to_owned(),
         }
     }
 }

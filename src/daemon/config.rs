@@ -281,6 +281,16 @@ impl DaemonConfig for ConsumerConfig {
         if let Err(e) = crate::broker::connection::AmqpTarget::new(&self.amqp_url, None, None) {
             return invalid("amqp_url", &e.to_string());
         }
+        // Read now, so `--check-config` (run by the unit as the service user) catches a
+        // password file the service cannot read.
+        if !self.amqp_password_file.is_empty() {
+            let path = Path::new(&self.amqp_password_file);
+            if let Err(e) =
+                crate::broker::connection::AmqpTarget::new(&self.amqp_url, None, Some(path))
+            {
+                return invalid("amqp_password_file", &e.to_string());
+            }
+        }
         if self.queue.is_empty() {
             return invalid("queue", "must not be empty");
         }
@@ -316,6 +326,130 @@ impl DaemonConfig for ConsumerConfig {
                 "retry_initial_ms",
                 "must be at least 1 and at most retry_max_ms",
             );
+        }
+        if self.reconnect_max_secs == 0 {
+            return invalid("reconnect_max_secs", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// `labmq-web` (`/etc/labmq/web.toml`, `LABMQ_WEB_*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Address the HTTP listener binds to.
+    pub listen: SocketAddr,
+    /// Broker URL; its password may be left out and given by `amqp_password(_file)`.
+    pub amqp_url: String,
+    /// Overrides the URL's password; best set from `/etc/labmq/web.env` as
+    /// `LABMQ_WEB_AMQP_PASSWORD`, never in a world-readable file.
+    pub amqp_password: String,
+    /// A file holding only the password (e.g. a systemd credential); wins over both.
+    pub amqp_password_file: String,
+    /// The task queue submitted tasks are published to.
+    pub queue: String,
+    /// Used when the task queue or the results queue does not exist yet.
+    pub queue_type: QueueType,
+    /// Fanout exchange the consumers publish result documents to.
+    pub results_exchange: String,
+    /// labmq-web's own durable queue bound to `results_exchange`: results published while
+    /// labmq-web is down wait there.
+    pub results_queue: String,
+    /// SQLite database of the stored results (created if absent).
+    pub database: String,
+    /// Most tasks one submit may hold (form or API), after splitting comma lists.
+    pub max_tasks_per_submit: usize,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Submits accepted per minute, from all clients together (a token bucket that
+    /// allows bursts of this size).
+    pub submits_per_minute: u32,
+    /// Results per page of the table and default `limit` of `/api/results`.
+    pub page_size: usize,
+    /// How long a submit waits for the broker's confirms.
+    pub confirm_timeout_secs: u64,
+    /// Longest wait between broker reconnection attempts.
+    pub reconnect_max_secs: u64,
+    pub log_level: String,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            amqp_url: DEFAULT_AMQP_URL.into(),
+            amqp_password: String::new(),
+            amqp_password_file: String::new(),
+            queue: DEFAULT_QUEUE.into(),
+            queue_type: QueueType::Classic,
+            results_exchange: DEFAULT_RESULTS_EXCHANGE.into(),
+            results_queue: "labmq-web.results".into(),
+            database: "/var/lib/labmq-web/results.sqlite3".into(),
+            max_tasks_per_submit: 100,
+            max_body_bytes: 64 * 1024,
+            submits_per_minute: 120,
+            page_size: 50,
+            confirm_timeout_secs: 10,
+            reconnect_max_secs: 10,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl crate::daemon::run::LogLevel for WebConfig {
+    fn log_level(&self) -> &str {
+        &self.log_level
+    }
+}
+
+impl DaemonConfig for WebConfig {
+    const ENV_PREFIX: &'static str = "LABMQ_WEB_";
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_log_level(&self.log_level)?;
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if let Err(e) = crate::broker::connection::AmqpTarget::new(&self.amqp_url, None, None) {
+            return invalid("amqp_url", &e.to_string());
+        }
+        for (key, value) in [
+            ("queue", &self.queue),
+            ("results_exchange", &self.results_exchange),
+            ("results_queue", &self.results_queue),
+            ("database", &self.database),
+        ] {
+            if value.is_empty() {
+                return invalid(key, "must not be empty");
+            }
+        }
+        if self.results_queue == self.queue {
+            return invalid("results_queue", "must differ from queue (the task queue)");
+        }
+        if self.max_tasks_per_submit == 0 {
+            return invalid("max_tasks_per_submit", "must be at least 1");
+        }
+        if self.max_tasks_per_submit > 100_000 {
+            return invalid("max_tasks_per_submit", "must be at most 100000");
+        }
+        if self.max_body_bytes < 256 {
+            return invalid("max_body_bytes", "must be at least 256");
+        }
+        if self.max_body_bytes > 64 * 1024 * 1024 {
+            return invalid("max_body_bytes", "must be at most 67108864 (64 MiB)");
+        }
+        if self.submits_per_minute == 0 {
+            return invalid("submits_per_minute", "must be at least 1");
+        }
+        if self.page_size == 0 || self.page_size > 1000 {
+            return invalid("page_size", "must be between 1 and 1000");
+        }
+        if self.confirm_timeout_secs == 0 {
+            return invalid("confirm_timeout_secs", "must be at least 1");
         }
         if self.reconnect_max_secs == 0 {
             return invalid("reconnect_max_secs", "must be at least 1");
@@ -541,10 +675,66 @@ mod tests {
     }
 
     #[test]
+    fn unreadable_password_file_is_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "consumer.toml",
+                "amqp_password_file = \"/nonexistent/pw\"\n",
+            )?;
+            let err = load::<ConsumerConfig>(
+                &ConfigFile {
+                    path: "consumer.toml".into(),
+                    required: true,
+                },
+                NoOverrides {},
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("amqp_password_file"), "{err}");
+            assert!(err.contains("/nonexistent/pw"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn shipped_server_toml_lists_every_key_with_its_default() {
         shipped_file_matches_defaults::<ServerConfig>(include_str!(
             "../../packaging/etc/server.toml"
         ));
+    }
+
+    #[test]
+    fn shipped_web_toml_lists_every_key_with_its_default() {
+        shipped_file_matches_defaults::<WebConfig>(include_str!("../../packaging/etc/web.toml"));
+    }
+
+    #[test]
+    fn web_config_checks_name_the_key() {
+        Jail::expect_with(|jail| {
+            let load_web = || {
+                load::<WebConfig>(
+                    &ConfigFile {
+                        path: "web.toml".into(),
+                        required: true,
+                    },
+                    NoOverrides {},
+                )
+            };
+            jail.create_file("web.toml", "")?;
+            let config = load_web().unwrap();
+            assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(config.results_queue, "labmq-web.results");
+            jail.create_file("web.toml", "max_tasks_per_submit = 0\n")?;
+            let err = load_web().unwrap_err().to_string();
+            assert!(err.contains("max_tasks_per_submit"), "{err}");
+            jail.create_file("web.toml", "results_queue = \"task_queue\"\n")?;
+            let err = load_web().unwrap_err().to_string();
+            assert!(err.contains("results_queue"), "{err}");
+            jail.create_file("web.toml", "")?;
+            jail.set_env("LABMQ_WEB_SUBMITS_PER_MINUTE", "5");
+            assert_eq!(load_web().unwrap().submits_per_minute, 5);
+            Ok(())
+        });
     }
 
     #[test]

@@ -133,6 +133,24 @@ impl Amqp {
         });
     }
 
+    /// Publishes `body` to `exchange` (routing key "") and waits for the confirm.
+    pub fn publish_to_exchange(&self, exchange: &str, body: &[u8], properties: BasicProperties) {
+        self.rt.block_on(async {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    exchange.into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
+                .await
+                .expect("publish");
+            assert!(confirm.await.expect("confirm").is_ack(), "publish nacked");
+        });
+    }
+
     /// Messages ready in `queue` (a passive declare).
     pub fn ready_count(&self, queue: &str) -> u32 {
         self.rt.block_on(async {

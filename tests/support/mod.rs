@@ -518,3 +518,4 @@ pub fn spawn_server(config: &str) -> Server {
 
 pub mod amqp;
 pub mod rabbit;
+pub mod web;
