@@ -411,3 +411,36 @@ fn consumer_waits_for_missing_server_and_reports_status() {
     assert!(log.contains("gRPC server reachable again"), "{log}");
     amqp.delete_queue(&results);
 }
+
+#[test]
+fn consumer_cancelled_by_the_broker_recovers() {
+    let server = server();
+    let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
+    let amqp = Amqp::connect(SHARED_AMQP_URL);
+    let results = unique("results-q");
+    amqp.bind_results(&setup.results_exchange, &results);
+    let mut consumer = setup.start();
+    let counter = ResultCounter::start(SHARED_AMQP_URL, &results);
+
+    // Deleting the queue makes the broker cancel the subscription (basic.cancel).
+    amqp.delete_queue(&setup.queue);
+    wait_status_containing(&mut consumer, "consuming from", Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !consumer
+        .stderr()
+        .contains("subscription cancelled by the broker")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            consumer.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // It redeclared the queue and consumes again.
+    let ids = produce_tasks(SHARED_AMQP_URL, &setup.queue, &["fact:5".to_owned()]);
+    let seen = counter.wait_for_all(&ids, RESULTS_TIMEOUT);
+    assert_eq!(seen[&ids[0]].1["result"]["result"], "120");
+    assert!(consumer.try_exit_status().is_none(), "consumer exited");
+    amqp.delete_queue(&results);
+}

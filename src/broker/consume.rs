@@ -32,6 +32,24 @@ use crate::task::truncate;
 
 /// How long tasks that were told to give up may take to requeue their message.
 const GIVE_UP_BOUND: Duration = Duration::from_secs(5);
+/// Bound on each broker operation of the shutdown path, so a broker that stopped
+/// answering cannot keep the process from exiting (unacked messages are requeued by the
+/// broker when the connection goes anyway).
+const SHUTDOWN_STEP_BOUND: Duration = Duration::from_secs(5);
+
+/// Runs one shutdown step with [`SHUTDOWN_STEP_BOUND`], logging a failure or time-out.
+async fn bounded_step<T>(
+    what: &str,
+    step: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) {
+    match tokio::time::timeout(SHUTDOWN_STEP_BOUND, step).await {
+        Ok(Ok(_)) => tracing::debug!("{what}: done"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "{what} failed"),
+        Err(_) => {
+            tracing::warn!("{what}: no answer from the broker within {SHUTDOWN_STEP_BOUND:?}")
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
@@ -238,12 +256,11 @@ impl Session<'_> {
         give_up: &CancellationToken,
     ) {
         systemd::stopping("draining in-flight tasks");
-        if let Err(e) = channel
-            .basic_cancel(tag, BasicCancelOptions::default())
-            .await
-        {
-            tracing::warn!(error = %e, "could not cancel the subscription");
-        }
+        bounded_step(
+            "cancelling the subscription",
+            channel.basic_cancel(tag, BasicCancelOptions::default()),
+        )
+        .await;
         let grace = Duration::from_secs(self.config.shutdown_grace_secs);
         tracing::info!(
             in_flight = in_flight.len(),
@@ -264,25 +281,27 @@ impl Session<'_> {
         }
         // Deliveries prefetched but never started go back to the queue (tag 0 + multiple
         // means every outstanding delivery on this channel).
-        if let Err(e) = channel
-            .basic_nack(
+        tracing::info!("in-flight tasks done; requeueing prefetched deliveries");
+        bounded_step(
+            "requeueing prefetched deliveries",
+            channel.basic_nack(
                 0,
                 BasicNackOptions {
                     multiple: true,
                     requeue: true,
                 },
-            )
-            .await
-        {
-            tracing::debug!(error = %e, "requeueing prefetched deliveries");
-        }
+            ),
+        )
+        .await;
     }
 }
 
 async fn close(connection: &Connection) {
-    if let Err(e) = connection.close(200, "labmq-consumer closing".into()).await {
-        tracing::debug!(error = %e, "closing the broker connection");
-    }
+    bounded_step(
+        "closing the broker connection",
+        connection.close(200, "labmq-consumer closing".into()),
+    )
+    .await;
 }
 
 async fn process(delivery: Delivery, _slot: OwnedSemaphorePermit, context: Arc<Context>) {
