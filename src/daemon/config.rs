@@ -115,6 +115,36 @@ fn check_log_level(level: &str) -> Result<(), ConfigError> {
         })
 }
 
+fn invalid(key: &'static str, message: impl Into<String>) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        key,
+        message: message.into(),
+    })
+}
+
+/// The broker settings every AMQP client has: the URL must parse, and a password file is
+/// read now, so `--check-config` (run by the units as the service user) catches one the
+/// service cannot read.
+fn check_amqp(url: &str, password_file: &str) -> Result<(), ConfigError> {
+    use crate::broker::connection::AmqpTarget;
+    if let Err(e) = AmqpTarget::new(url, None, None) {
+        return invalid("amqp_url", e.to_string());
+    }
+    if !password_file.is_empty() {
+        if let Err(e) = AmqpTarget::new(url, None, Some(Path::new(password_file))) {
+            return invalid("amqp_password_file", e.to_string());
+        }
+    }
+    Ok(())
+}
+
+fn check_not_empty(values: &[(&'static str, &str)]) -> Result<(), ConfigError> {
+    match values.iter().find(|(_, value)| value.is_empty()) {
+        Some((key, _)) => invalid(key, "must not be empty"),
+        None => Ok(()),
+    }
+}
+
 /// `labmq-server` (`/etc/labmq/server.toml`, `LABMQ_SERVER_*`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -164,38 +194,27 @@ impl DaemonConfig for ServerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         check_log_level(&self.log_level)?;
         if self.ab_a_percent > 100 {
-            return Err(ConfigError::Invalid {
-                key: "ab_a_percent",
-                message: format!("{} is over 100", self.ab_a_percent),
-            });
+            return invalid("ab_a_percent", format!("{} is over 100", self.ab_a_percent));
         }
-        if self.ab_salt.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "ab_salt",
-                message: "must not be empty".into(),
-            });
-        }
+        check_not_empty(&[("ab_salt", &self.ab_salt)])?;
         if self.max_text_bytes == 0 {
-            return Err(ConfigError::Invalid {
-                key: "max_text_bytes",
-                message: "must be at least 1".into(),
-            });
+            return invalid("max_text_bytes", "must be at least 1");
         }
         // Keeps the gRPC decoding limit (derived from it) well inside memory.
         if self.max_text_bytes > 256 * 1024 * 1024 {
-            return Err(ConfigError::Invalid {
-                key: "max_text_bytes",
-                message: format!("{} is over 268435456 (256 MiB)", self.max_text_bytes),
-            });
+            return invalid(
+                "max_text_bytes",
+                format!("{} is over 268435456 (256 MiB)", self.max_text_bytes),
+            );
         }
         if self.max_factorial_n > 10_000_000 {
-            return Err(ConfigError::Invalid {
-                key: "max_factorial_n",
-                message: format!(
+            return invalid(
+                "max_factorial_n",
+                format!(
                     "{} is over 10000000; larger results take minutes and hundreds of MB",
                     self.max_factorial_n
                 ),
-            });
+            );
         }
         Ok(())
     }
@@ -272,31 +291,11 @@ impl DaemonConfig for ConsumerConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         check_log_level(&self.log_level)?;
-        let invalid = |key, message: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                message: message.to_owned(),
-            })
-        };
-        if let Err(e) = crate::broker::connection::AmqpTarget::new(&self.amqp_url, None, None) {
-            return invalid("amqp_url", &e.to_string());
-        }
-        // Read now, so `--check-config` (run by the unit as the service user) catches a
-        // password file the service cannot read.
-        if !self.amqp_password_file.is_empty() {
-            let path = Path::new(&self.amqp_password_file);
-            if let Err(e) =
-                crate::broker::connection::AmqpTarget::new(&self.amqp_url, None, Some(path))
-            {
-                return invalid("amqp_password_file", &e.to_string());
-            }
-        }
-        if self.queue.is_empty() {
-            return invalid("queue", "must not be empty");
-        }
-        if self.results_exchange.is_empty() {
-            return invalid("results_exchange", "must not be empty");
-        }
+        check_amqp(&self.amqp_url, &self.amqp_password_file)?;
+        check_not_empty(&[
+            ("queue", &self.queue),
+            ("results_exchange", &self.results_exchange),
+        ])?;
         if self.grpc_targets.is_empty() {
             return invalid("grpc_targets", "needs at least one address");
         }
@@ -305,7 +304,7 @@ impl DaemonConfig for ConsumerConfig {
             if uri.parse::<tonic::transport::Uri>().is_err() {
                 return invalid(
                     "grpc_targets",
-                    &format!("{target:?} is not host:port or a URL"),
+                    format!("{target:?} is not host:port or a URL"),
                 );
             }
         }
@@ -408,25 +407,13 @@ impl DaemonConfig for WebConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         check_log_level(&self.log_level)?;
-        let invalid = |key, message: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                message: message.to_owned(),
-            })
-        };
-        if let Err(e) = crate::broker::connection::AmqpTarget::new(&self.amqp_url, None, None) {
-            return invalid("amqp_url", &e.to_string());
-        }
-        for (key, value) in [
+        check_amqp(&self.amqp_url, &self.amqp_password_file)?;
+        check_not_empty(&[
             ("queue", &self.queue),
             ("results_exchange", &self.results_exchange),
             ("results_queue", &self.results_queue),
             ("database", &self.database),
-        ] {
-            if value.is_empty() {
-                return invalid(key, "must not be empty");
-            }
-        }
+        ])?;
         if self.results_queue == self.queue {
             return invalid("results_queue", "must differ from queue (the task queue)");
         }
@@ -485,13 +472,8 @@ impl DaemonConfig for ProduceConfig {
     const ENV_PREFIX: &'static str = "LABMQ_PRODUCE_";
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.queue.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "queue",
-                message: "must not be empty".into(),
-            });
-        }
-        Ok(())
+        check_amqp(&self.amqp_url, &self.amqp_password_file)?;
+        check_not_empty(&[("queue", &self.queue)])
     }
 }
 
