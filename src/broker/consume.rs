@@ -200,7 +200,7 @@ impl Session<'_> {
             config.queue,
             self.target.redacted()
         ));
-        tracing::info!(queue = %config.queue, broker = %self.target.redacted(), prefetch = config.prefetch, concurrency = config.concurrency, "consuming");
+        tracing::info!(queue = %config.queue, broker = %self.target.redacted(), prefetch = config.prefetch, concurrency = config.concurrency, "consuming from {} on {}", config.queue, self.target.redacted());
         if !*ready_sent {
             systemd::ready(&self.status.line());
             *ready_sent = true;
@@ -442,7 +442,7 @@ async fn requeue(delivery: &Delivery, message_id: &str) {
         requeue: true,
     };
     match delivery.acker.nack(options).await {
-        Ok(_) => tracing::info!(task_id = %message_id, "task requeued"),
+        Ok(_) => tracing::info!(task_id = %message_id, "task {message_id} requeued"),
         Err(e) => {
             tracing::debug!(task_id = %message_id, error = %e, "requeue failed; the broker requeues on disconnect")
         }
@@ -461,7 +461,10 @@ fn log_processed(document: &ResultDocument, redelivered: bool) {
             attempts = document.attempts,
             redelivered,
             task = %task,
-            "task processed"
+            // The short journal view shows only the message, so it says what matters.
+            "task processed: {task} ({kind}) in {} ms, {} attempt(s)",
+            document.duration_ms,
+            document.attempts
         ),
         Some(error) => tracing::warn!(
             task_id = %document.id,
@@ -473,7 +476,9 @@ fn log_processed(document: &ResultDocument, redelivered: bool) {
             task = %task,
             error_code = %error.code,
             error = %truncate(&error.message, 200),
-            "task failed; message dead-lettered"
+            "task failed; message dead-lettered: {task} ({kind}) {}: {}",
+            error.code,
+            truncate(&error.message, 200)
         ),
     }
 }

@@ -213,7 +213,7 @@ pub async fn run(config: &ServerConfig, shutdown: CancellationToken) -> Result<(
             async move { shutdown.cancelled().await }
         });
 
-    tracing::info!(listen = %local, "labmq-server serving gRPC");
+    tracing::info!(listen = %local, "labmq-server serving gRPC on {local}");
     systemd::ready(&format!("serving on {local}"));
     systemd::spawn_watchdog(shutdown.clone());
 
