@@ -12,7 +12,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
 use support::amqp::{
-    Amqp, ConsumerSetup, ResultCounter, mixed_tasks, produce_tasks, unique, wait_status_containing,
+    ConsumerSetup, ResultWatch, mixed_tasks, produce_tasks, wait_status_containing,
 };
 use support::rabbit::{PrivateBroker, SHARED_AMQP_URL};
 use support::{EXIT_TIMEOUT, ServerOptions, free_addr, send_signal, spawn_server};
@@ -43,10 +43,9 @@ fn broker_restarted_mid_stream_of_10000_loses_nothing() {
     let url = broker.url();
     let server = spawn_server("");
     let setup = ConsumerSetup::new(&url, &[server.url()]);
-    let results = unique("results-q");
-    Amqp::connect(&url).bind_results(&setup.results_exchange, &results);
+    let watch = ResultWatch::start(&url, &setup.results_exchange);
     let mut consumer = setup.start();
-    let counter = ResultCounter::start(&url, &results);
+    let counter = &watch.counter;
 
     let ids = produce_tasks(&url, &setup.queue, &mixed_tasks(10_000));
     counter.wait_for_count(2_000, ALL_RESULTS_TIMEOUT);
@@ -70,11 +69,9 @@ fn grpc_server_down_for_10s_mid_stream_loses_nothing() {
     };
     let mut server = server_options.start();
     let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
-    let amqp = Amqp::connect(SHARED_AMQP_URL);
-    let results = unique("results-q");
-    amqp.bind_results(&setup.results_exchange, &results);
+    let watch = ResultWatch::start(SHARED_AMQP_URL, &setup.results_exchange);
     let mut consumer = setup.start();
-    let counter = ResultCounter::start(SHARED_AMQP_URL, &results);
+    let counter = &watch.counter;
 
     let ids = produce_tasks(SHARED_AMQP_URL, &setup.queue, &mixed_tasks(5_000));
     counter.wait_for_count(1_000, ALL_RESULTS_TIMEOUT);
@@ -95,18 +92,15 @@ fn grpc_server_down_for_10s_mid_stream_loses_nothing() {
     let seen = counter.wait_for_all(&ids, ALL_RESULTS_TIMEOUT);
     check_all_ok("gRPC outage", &seen, 5_000);
     assert!(consumer.stop(EXIT_TIMEOUT).success());
-    amqp.delete_queue(&results);
 }
 
 #[test]
 fn consumer_sigkilled_mid_stream_then_restarted_loses_nothing() {
     let server = spawn_server("");
     let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
-    let amqp = Amqp::connect(SHARED_AMQP_URL);
-    let results = unique("results-q");
-    amqp.bind_results(&setup.results_exchange, &results);
+    let watch = ResultWatch::start(SHARED_AMQP_URL, &setup.results_exchange);
     let mut consumer = setup.start();
-    let counter = ResultCounter::start(SHARED_AMQP_URL, &results);
+    let counter = &watch.counter;
 
     let ids = produce_tasks(SHARED_AMQP_URL, &setup.queue, &mixed_tasks(5_000));
     counter.wait_for_count(1_000, ALL_RESULTS_TIMEOUT);
@@ -116,18 +110,15 @@ fn consumer_sigkilled_mid_stream_then_restarted_loses_nothing() {
     let seen = counter.wait_for_all(&ids, ALL_RESULTS_TIMEOUT);
     check_all_ok("consumer SIGKILL", &seen, 5_000);
     assert!(restarted.stop(EXIT_TIMEOUT).success());
-    amqp.delete_queue(&results);
 }
 
 #[test]
 fn consumer_sigtermed_mid_stream_drains_exits_0_and_loses_nothing() {
     let server = spawn_server("");
     let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
-    let amqp = Amqp::connect(SHARED_AMQP_URL);
-    let results = unique("results-q");
-    amqp.bind_results(&setup.results_exchange, &results);
+    let watch = ResultWatch::start(SHARED_AMQP_URL, &setup.results_exchange);
     let mut consumer = setup.start();
-    let counter = ResultCounter::start(SHARED_AMQP_URL, &results);
+    let counter = &watch.counter;
 
     let ids = produce_tasks(SHARED_AMQP_URL, &setup.queue, &mixed_tasks(5_000));
     counter.wait_for_count(1_000, ALL_RESULTS_TIMEOUT);
@@ -150,18 +141,16 @@ fn consumer_sigtermed_mid_stream_drains_exits_0_and_loses_nothing() {
     let seen = counter.wait_for_all(&ids, ALL_RESULTS_TIMEOUT);
     check_all_ok("consumer SIGTERM", &seen, 5_000);
     assert!(restarted.stop(EXIT_TIMEOUT).success());
-    amqp.delete_queue(&results);
 }
 
 #[test]
 fn poison_bodies_are_dead_lettered_with_reason_and_good_tasks_complete() {
     let server = spawn_server("");
     let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
-    let amqp = Amqp::connect(SHARED_AMQP_URL);
-    let results = unique("results-q");
-    amqp.bind_results(&setup.results_exchange, &results);
+    let watch = ResultWatch::start(SHARED_AMQP_URL, &setup.results_exchange);
+    let amqp = &watch.amqp;
     let mut consumer = setup.start();
-    let counter = ResultCounter::start(SHARED_AMQP_URL, &results);
+    let counter = &watch.counter;
 
     let huge = vec![b'a'; 10 * 1024 * 1024];
     let poison: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -243,6 +232,5 @@ fn poison_bodies_are_dead_lettered_with_reason_and_good_tasks_complete() {
     assert_eq!(amqp.ready_count(&setup.queue), 0);
     assert!(consumer.try_exit_status().is_none(), "consumer died");
     assert!(consumer.stop(EXIT_TIMEOUT).success());
-    amqp.delete_queue(&results);
     amqp.delete_queue(&dead_queue);
 }

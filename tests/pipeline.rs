@@ -10,7 +10,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
 use support::amqp::{
-    Amqp, ConsumerSetup, ResultCounter, mixed_tasks, produce, produce_tasks, unique,
+    Amqp, ConsumerSetup, ResultWatch, mixed_tasks, produce, produce_tasks, unique,
     wait_status_containing,
 };
 use support::rabbit::SHARED_AMQP_URL;
@@ -57,11 +57,9 @@ fn produce_wait_prints_every_result() {
 fn results_exchange_gets_one_document_per_task_with_values() {
     let server = server();
     let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
-    let amqp = Amqp::connect(SHARED_AMQP_URL);
-    let results = unique("results-q");
-    amqp.bind_results(&setup.results_exchange, &results);
+    let watch = ResultWatch::start(SHARED_AMQP_URL, &setup.results_exchange);
     let _consumer = setup.start();
-    let counter = ResultCounter::start(SHARED_AMQP_URL, &results);
+    let counter = &watch.counter;
 
     let tasks: Vec<String> = ["fact:20", "freq:Привет мир", "user1", "upper:привет"]
         .map(String::from)
@@ -90,20 +88,18 @@ fn results_exchange_gets_one_document_per_task_with_values() {
         assert!(document["duration_ms"].as_f64().is_some());
         assert_eq!(&document["id"], id.as_str());
     }
-    amqp.delete_queue(&results);
 }
 
 #[test]
 fn plain_body_without_properties_is_a_task_and_list_bodies_split() {
     let server = server();
     let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
-    let amqp = Amqp::connect(SHARED_AMQP_URL);
-    let results = unique("results-q");
-    amqp.bind_results(&setup.results_exchange, &results);
+    let watch = ResultWatch::start(SHARED_AMQP_URL, &setup.results_exchange);
+    let amqp = &watch.amqp;
     // Declared the way a plain pika producer declares it: durable, no arguments.
     amqp.declare_queue(&setup.queue, FieldTable::default());
     let _consumer = setup.start();
-    let counter = ResultCounter::start(SHARED_AMQP_URL, &results);
+    let counter = &watch.counter;
 
     amqp.publish(&setup.queue, b"fact:6", BasicProperties::default());
     amqp.publish(&setup.queue, b"fact:3, user0", BasicProperties::default());
@@ -117,7 +113,6 @@ fn plain_body_without_properties_is_a_task_and_list_bodies_split() {
     assert_eq!(seen[&single].1["result"]["result"], "720");
     assert_eq!(seen[&format!("{list}#1")].1["result"]["result"], "6");
     assert_eq!(seen[&format!("{list}#2")].1["result"]["group"], "A");
-    amqp.delete_queue(&results);
 }
 
 /// The id the consumer derives for a message without `message_id`.
@@ -168,12 +163,10 @@ fn competing_consumers_share_the_work_and_lose_nothing() {
         extra: "prefetch = 10\nconcurrency = 4".into(),
         ..ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()])
     };
-    let amqp = Amqp::connect(SHARED_AMQP_URL);
-    let results = unique("results-q");
-    amqp.bind_results(&setup.results_exchange, &results);
+    let watch = ResultWatch::start(SHARED_AMQP_URL, &setup.results_exchange);
     let mut first = setup.start();
     let mut second = setup.start();
-    let counter = ResultCounter::start(SHARED_AMQP_URL, &results);
+    let counter = &watch.counter;
 
     let ids = produce_tasks(SHARED_AMQP_URL, &setup.queue, &mixed_tasks(2000));
     let seen = counter.wait_for_all(&ids, RESULTS_TIMEOUT);
@@ -187,7 +180,6 @@ fn competing_consumers_share_the_work_and_lose_nothing() {
         a >= 200 && b >= 200,
         "work not spread: first {a}, second {b}"
     );
-    amqp.delete_queue(&results);
 }
 
 #[test]
@@ -195,11 +187,9 @@ fn one_of_two_grpc_servers_killed_mid_stream_loses_nothing() {
     let mut doomed = server();
     let survivor = server();
     let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[doomed.url(), survivor.url()]);
-    let amqp = Amqp::connect(SHARED_AMQP_URL);
-    let results = unique("results-q");
-    amqp.bind_results(&setup.results_exchange, &results);
+    let watch = ResultWatch::start(SHARED_AMQP_URL, &setup.results_exchange);
     let _consumer = setup.start();
-    let counter = ResultCounter::start(SHARED_AMQP_URL, &results);
+    let counter = &watch.counter;
 
     let ids = produce_tasks(SHARED_AMQP_URL, &setup.queue, &mixed_tasks(3000));
     counter.wait_for_count(500, RESULTS_TIMEOUT);
@@ -216,7 +206,6 @@ fn one_of_two_grpc_servers_killed_mid_stream_loses_nothing() {
         "tasks failed: {:?}",
         &errors[..errors.len().min(3)]
     );
-    amqp.delete_queue(&results);
 }
 
 #[test]
@@ -381,10 +370,8 @@ fn consumer_waits_for_missing_server_and_reports_status() {
     let addr = format!("127.0.0.1:{port}");
     let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[format!("http://{addr}")]);
     let mut consumer = setup.start();
-    let amqp = Amqp::connect(SHARED_AMQP_URL);
-    let results = unique("results-q");
-    amqp.bind_results(&setup.results_exchange, &results);
-    let counter = ResultCounter::start(SHARED_AMQP_URL, &results);
+    let watch = ResultWatch::start(SHARED_AMQP_URL, &setup.results_exchange);
+    let counter = &watch.counter;
     let ids = produce_tasks(SHARED_AMQP_URL, &setup.queue, &["fact:4".to_owned()]);
     let status = wait_status_containing(
         &mut consumer,
@@ -409,18 +396,16 @@ fn consumer_waits_for_missing_server_and_reports_status() {
         "logged once per outage, not per retry:\n{log}"
     );
     assert!(log.contains("gRPC server reachable again"), "{log}");
-    amqp.delete_queue(&results);
 }
 
 #[test]
 fn consumer_cancelled_by_the_broker_recovers() {
     let server = server();
     let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
-    let amqp = Amqp::connect(SHARED_AMQP_URL);
-    let results = unique("results-q");
-    amqp.bind_results(&setup.results_exchange, &results);
+    let watch = ResultWatch::start(SHARED_AMQP_URL, &setup.results_exchange);
+    let amqp = &watch.amqp;
     let mut consumer = setup.start();
-    let counter = ResultCounter::start(SHARED_AMQP_URL, &results);
+    let counter = &watch.counter;
 
     // Deleting the queue makes the broker cancel the subscription (basic.cancel).
     amqp.delete_queue(&setup.queue);
@@ -442,5 +427,4 @@ fn consumer_cancelled_by_the_broker_recovers() {
     let seen = counter.wait_for_all(&ids, RESULTS_TIMEOUT);
     assert_eq!(seen[&ids[0]].1["result"]["result"], "120");
     assert!(consumer.try_exit_status().is_none(), "consumer exited");
-    amqp.delete_queue(&results);
 }

@@ -479,3 +479,31 @@ pub fn wait_status_containing(daemon: &mut Daemon, needle: &str, timeout: Durati
         daemon.stderr()
     );
 }
+
+/// A durable queue bound to a results exchange, with a [`ResultCounter`] on it; the queue
+/// is deleted when the watch is dropped. Start it before the consumer so no result slips by.
+pub struct ResultWatch {
+    pub amqp: Amqp,
+    pub queue: String,
+    pub counter: ResultCounter,
+}
+
+impl ResultWatch {
+    pub fn start(url: &str, results_exchange: &str) -> Self {
+        let amqp = Amqp::connect(url);
+        let queue = unique("results-q");
+        amqp.bind_results(results_exchange, &queue);
+        let counter = ResultCounter::start(url, &queue);
+        Self {
+            amqp,
+            queue,
+            counter,
+        }
+    }
+}
+
+impl Drop for ResultWatch {
+    fn drop(&mut self) {
+        self.amqp.delete_queue(&self.queue);
+    }
+}
