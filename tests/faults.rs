@@ -92,6 +92,10 @@ fn grpc_server_down_for_10s_mid_stream_loses_nothing() {
     let seen = counter.wait_for_all(&ids, ALL_RESULTS_TIMEOUT);
     check_all_ok("gRPC outage", &seen, 5_000);
     assert!(consumer.stop(EXIT_TIMEOUT).success());
+    // One outage: one line when it starts and one when it ends, whatever the retries.
+    let log = consumer.stderr();
+    assert_eq!(log.matches("gRPC server unavailable;").count(), 1, "{log}");
+    assert_eq!(log.matches("gRPC server reachable again").count(), 1, "{log}");
 }
 
 #[test]

@@ -164,9 +164,11 @@ impl Handler {
                 return None;
             }
             attempts += 1;
+            let call_started = Instant::now();
             match self.client.run(task).await {
                 Err(error) if error.is_transient() => {
-                    self.status.grpc_unavailable(&error.to_string());
+                    self.status
+                        .grpc_unavailable(&error.to_string(), call_started);
                     let delay = delays.next().unwrap_or(self.retry.max);
                     tokio::select! {
                         () = self.shutdown.cancelled() => return None,
@@ -174,7 +176,7 @@ impl Handler {
                     }
                 }
                 outcome => {
-                    self.status.grpc_available();
+                    self.status.grpc_available(call_started);
                     return Some((outcome, attempts));
                 }
             }

@@ -1,18 +1,25 @@
 //! The consumer's state as operators see it: one `STATUS=` line for systemd, and one log
 //! line per change of state (never one per retry).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
 
 use crate::daemon::systemd;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 struct State {
     broker: String,
+    /// The first error of the current gRPC outage, if there is one.
     grpc_down: Option<String>,
+    /// When `grpc_down` last changed. A call that started before it reports on the
+    /// previous state (e.g. an answer that was already on its way when the server died)
+    /// and must not flip the state back.
+    grpc_changed_at: Instant,
 }
 
 pub struct StatusBoard {
     state: Mutex<State>,
+    notifier: Notifier,
 }
 
 impl Default for StatusBoard {
@@ -21,48 +28,56 @@ impl Default for StatusBoard {
             state: Mutex::new(State {
                 broker: "starting".into(),
                 grpc_down: None,
+                grpc_changed_at: Instant::now(),
             }),
+            notifier: Notifier::spawn(),
         }
     }
 }
 
 impl StatusBoard {
-    fn update(&self, change: impl FnOnce(&mut State)) {
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        let before = state.clone();
-        change(&mut state);
-        if *state != before {
-            systemd::status(&render(&state));
-        }
-    }
-
     /// What the broker side is doing, e.g. "consuming from task_queue".
     pub fn broker(&self, text: impl Into<String>) {
         let text = text.into();
-        self.update(|s| s.broker = text);
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if state.broker != text {
+            state.broker = text;
+            self.notifier.post(render(&state));
+        }
     }
 
-    /// A gRPC call failed transiently; logs only the first failure of an outage.
-    pub fn grpc_unavailable(&self, error: &str) {
-        self.update(|s| {
-            if s.grpc_down.is_none() {
-                tracing::warn!(
-                    error,
-                    "gRPC server unavailable; holding tasks and retrying with backoff"
-                );
-            }
-            s.grpc_down = Some(error.to_owned());
-        });
+    /// A gRPC call that started at `call_started` failed transiently; logs only the first
+    /// failure of an outage.
+    pub fn grpc_unavailable(&self, error: &str, call_started: Instant) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if state.grpc_down.is_some() || call_started < state.grpc_changed_at {
+            return;
+        }
+        tracing::warn!(
+            error,
+            "gRPC server unavailable; holding tasks and retrying with backoff"
+        );
+        state.grpc_down = Some(error.to_owned());
+        state.grpc_changed_at = Instant::now();
+        self.notifier.post(render(&state));
     }
 
-    pub fn grpc_available(&self) {
-        self.update(|s| {
-            if s.grpc_down.take().is_some() {
-                tracing::info!("gRPC server reachable again; resuming");
-            }
-        });
+    /// A gRPC call that started at `call_started` got an answer.
+    pub fn grpc_available(&self, call_started: Instant) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if state.grpc_down.is_none() || call_started < state.grpc_changed_at {
+            return;
+        }
+        tracing::info!("gRPC server reachable again; resuming");
+        state.grpc_down = None;
+        state.grpc_changed_at = Instant::now();
+        self.notifier.post(render(&state));
     }
 
     pub fn line(&self) -> String {
@@ -77,5 +92,52 @@ fn render(state: &State) -> String {
             "{}; gRPC server unavailable, retrying ({error})",
             state.broker
         ),
+    }
+}
+
+/// Sends STATUS= lines from a thread of its own, newest only, so no task (and no lock
+/// holder) ever waits on the service manager's socket.
+struct Notifier {
+    latest: Arc<(Mutex<Option<String>>, Condvar)>,
+}
+
+impl Notifier {
+    fn spawn() -> Self {
+        let latest = Arc::new((Mutex::new(None::<String>), Condvar::new()));
+        let shared = latest.clone();
+        let spawned = std::thread::Builder::new()
+            .name("labmq-status".into())
+            .spawn(move || {
+                let (slot, wake) = &*shared;
+                loop {
+                    let line = {
+                        let Ok(mut pending) = slot.lock() else {
+                            return;
+                        };
+                        loop {
+                            if let Some(line) = pending.take() {
+                                break line;
+                            }
+                            pending = match wake.wait(pending) {
+                                Ok(pending) => pending,
+                                Err(_) => return,
+                            };
+                        }
+                    };
+                    systemd::status(&line);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no status thread; systemd will not see status changes");
+        }
+        Self { latest }
+    }
+
+    fn post(&self, line: String) {
+        let (slot, wake) = &*self.latest;
+        if let Ok(mut pending) = slot.lock() {
+            *pending = Some(line);
+            wake.notify_one();
+        }
     }
 }
