@@ -93,17 +93,17 @@ impl ResultDocument {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// One human line: `fact:6 => 720` or `fact:-1 => error INVALID_ARGUMENT: …`.
+    /// One human line: `fact:6 => 720` or `fact:-1 => error: INVALID_ARGUMENT: …`.
     pub fn summary(&self) -> String {
         format!("{} => {}", self.task, self.outcome())
     }
 
     /// The part of [`summary`](Self::summary) after `=>`: the value (`720`, `group A`)
-    /// or `error CODE: message`.
+    /// or `error: CODE: message`, as labmq-call prints it.
     pub fn outcome(&self) -> String {
         match (&self.result, &self.error) {
             (Some(result), _) => render_result(result),
-            (None, Some(error)) => format!("error {}: {}", error.code, error.message),
+            (None, Some(error)) => format!("error: {}: {}", error.code, error.message),
             (None, None) => "(empty result)".to_owned(),
         }
     }
@@ -172,7 +172,7 @@ mod tests {
         assert_eq!(back, doc);
         assert_eq!(
             doc.summary(),
-            "fact:x => error INVALID_TASK: fact: needs an integer"
+            "fact:x => error: INVALID_TASK: fact: needs an integer"
         );
     }
 
