@@ -95,7 +95,11 @@ fn grpc_server_down_for_10s_mid_stream_loses_nothing() {
     // One outage: one line when it starts and one when it ends, whatever the retries.
     let log = consumer.stderr();
     assert_eq!(log.matches("gRPC server unavailable;").count(), 1, "{log}");
-    assert_eq!(log.matches("gRPC server reachable again").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("gRPC server reachable again").count(),
+        1,
+        "{log}"
+    );
 }
 
 #[test]
