@@ -29,11 +29,10 @@ use labmq::broker::topology::{QueueType, Topology};
 use labmq::task::Task;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, Parser)]
@@ -345,28 +344,14 @@ async fn labmq_end_to_end(
     pipeline: &Pipeline,
 ) -> anyhow::Result<Duration> {
     let watcher = channel(connection, 1000).await?;
-    watcher
-        .exchange_declare(
-            pipeline.results_exchange.as_str().into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
     let results = unique("results-q");
-    declare(&watcher, &results).await?;
-    watcher
-        .queue_bind(
-            results.as_str().into(),
-            pipeline.results_exchange.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    Topology {
+        queue: pipeline.queue.clone(),
+        queue_type: QueueType::Classic,
+        results_exchange: pipeline.results_exchange.clone(),
+    }
+    .declare_results_queue(&watcher, &results)
+    .await?;
     let input = mixed_tasks(args.messages);
 
     let started = Instant::now();
