@@ -650,7 +650,7 @@ fn port_in_use_exits_nonzero_naming_the_address() {
         !err.contains('\x1b'),
         "no colour codes in a log file: {err:?}"
     );
-    while let Some(message) = daemon.notify.try_recv() {
+    while let Some(message) = daemon.notify.recv_already_sent() {
         assert_ne!(
             notify_field(&message, "READY"),
             Some("1"),

@@ -16,7 +16,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -126,11 +127,15 @@ pub fn send_signal(pid: u32, signal: libc::c_int) {
 }
 
 /// The service-manager end of `sd_notify`: a datagram socket bound in a temporary
-/// directory, whose path goes into the daemon's `NOTIFY_SOCKET`.
+/// directory, whose path goes into the daemon's `NOTIFY_SOCKET`. Like systemd, it reads
+/// every datagram as it arrives (in a thread of its own): a datagram socket holds only
+/// ~10 unread messages, after which the daemon's next `sd_notify` would block, which is
+/// not what a daemon under systemd ever sees.
 pub struct NotifySocket {
-    socket: UnixDatagram,
+    received: mpsc::Receiver<String>,
+    stop: Arc<AtomicBool>,
     path: PathBuf,
-    /// Every message received so far, in order, for failure reports.
+    /// Every message taken so far, in order, for failure reports.
     log: Vec<String>,
 }
 
@@ -140,8 +145,31 @@ impl NotifySocket {
         let path = dir.join("notify.sock");
         let socket = UnixDatagram::bind(&path)
             .unwrap_or_else(|e| panic!("cannot bind notify socket {}: {e}", path.display()));
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("set notify socket timeout");
+        let (sender, received) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader_stop = stop.clone();
+        let reader_path = path.clone();
+        std::thread::spawn(move || {
+            let mut buffer = vec![0u8; 4096];
+            while !reader_stop.load(Ordering::Relaxed) {
+                match socket.recv(&mut buffer) {
+                    Ok(len) => {
+                        let message = String::from_utf8_lossy(&buffer[..len]).into_owned();
+                        if sender.send(message).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    Err(e) => panic!("reading notify socket {}: {e}", reader_path.display()),
+                }
+            }
+        });
         Self {
-            socket,
+            received,
+            stop,
             path,
             log: Vec::new(),
         }
@@ -151,48 +179,28 @@ impl NotifySocket {
         &self.path
     }
 
-    /// Every message received so far.
+    /// Every message taken so far.
     pub fn messages(&self) -> &[String] {
         &self.log
     }
 
     /// The next message, or `None` if none arrives within `timeout`.
     pub fn recv(&mut self, timeout: Duration) -> Option<String> {
-        let timeout = timeout.max(Duration::from_millis(1));
-        self.socket
-            .set_read_timeout(Some(timeout))
-            .expect("set notify socket timeout");
-        let mut buffer = vec![0u8; 4096];
-        match self.socket.recv(&mut buffer) {
-            Ok(len) => {
-                let message = String::from_utf8_lossy(&buffer[..len]).into_owned();
-                self.log.push(message.clone());
-                Some(message)
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
-            Err(e) => panic!("reading notify socket {}: {e}", self.path.display()),
-        }
+        let message = self.received.recv_timeout(timeout).ok()?;
+        self.log.push(message.clone());
+        Some(message)
     }
 
-    /// A message already queued, without waiting.
-    pub fn try_recv(&mut self) -> Option<String> {
-        self.socket
-            .set_nonblocking(true)
-            .expect("set notify socket non-blocking");
-        let mut buffer = vec![0u8; 4096];
-        let result = self.socket.recv(&mut buffer);
-        self.socket
-            .set_nonblocking(false)
-            .expect("set notify socket blocking");
-        match result {
-            Ok(len) => {
-                let message = String::from_utf8_lossy(&buffer[..len]).into_owned();
-                self.log.push(message.clone());
-                Some(message)
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => None,
-            Err(e) => panic!("reading notify socket {}: {e}", self.path.display()),
-        }
+    /// A message the daemon has already sent, e.g. just before it exited; waits briefly
+    /// because the reader thread may not have passed it on yet.
+    pub fn recv_already_sent(&mut self) -> Option<String> {
+        self.recv(Duration::from_millis(500))
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -356,7 +364,7 @@ impl Daemon {
             }
             if let Some(status) = self.try_exit_status() {
                 // It may have sent the message just before exiting.
-                while let Some(message) = self.notify.try_recv() {
+                while let Some(message) = self.notify.recv_already_sent() {
                     if notify_field(&message, key) == Some(value) {
                         return message;
                     }
