@@ -265,6 +265,30 @@ impl ResultCounter {
         }
     }
 
+    /// Waits until no new result id has arrived for `quiet`, and returns the count then.
+    /// The counter acks one delivery at a time, so it can lag thousands of results behind
+    /// what was published; this is how a test learns what had really been published.
+    /// Panics if results still keep coming after `timeout`.
+    pub fn wait_until_quiet(&self, quiet: Duration, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut last = self.distinct();
+        let mut last_change = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.distinct();
+            if now != last {
+                last = now;
+                last_change = Instant::now();
+            } else if last_change.elapsed() >= quiet {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "results kept coming for {timeout:?} ({now} so far)"
+            );
+        }
+    }
+
     /// Waits until at least `n` distinct results arrived.
     pub fn wait_for_count(&self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
