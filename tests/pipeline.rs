@@ -159,10 +159,8 @@ fn reply_to_gets_the_result_with_correlation_id() {
 #[test]
 fn competing_consumers_share_the_work_and_lose_nothing() {
     let server = server();
-    let setup = ConsumerSetup {
-        extra: "prefetch = 10\nconcurrency = 4".into(),
-        ..ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()])
-    };
+    let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()])
+        .with_extra("prefetch = 10\nconcurrency = 4");
     let watch = ResultWatch::start(SHARED_AMQP_URL, &setup.results_exchange);
     let mut first = setup.start();
     let mut second = setup.start();
@@ -211,10 +209,8 @@ fn one_of_two_grpc_servers_killed_mid_stream_loses_nothing() {
 #[test]
 fn quorum_queue_type_declares_quorum_queues() {
     let server = server();
-    let setup = ConsumerSetup {
-        extra: "queue_type = \"quorum\"".into(),
-        ..ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()])
-    };
+    let setup =
+        ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]).with_extra("queue_type = \"quorum\"");
     let mut consumer = setup.start();
     let output = std::process::Command::new("rabbitmqctl")
         .args([

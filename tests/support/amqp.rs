@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -366,7 +366,7 @@ async fn count_until_error(
 }
 
 /// Everything a test consumer needs; `extra` is appended to its TOML config.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConsumerSetup {
     pub amqp_url: String,
     pub queue: String,
@@ -384,6 +384,12 @@ impl ConsumerSetup {
             grpc_targets: grpc_targets.to_vec(),
             extra: String::new(),
         }
+    }
+
+    /// Appends `extra` to the consumer's TOML config.
+    pub fn with_extra(mut self, extra: &str) -> Self {
+        self.extra = extra.to_owned();
+        self
     }
 
     pub fn toml(&self) -> String {
@@ -413,6 +419,46 @@ impl ConsumerSetup {
         let mut daemon = self.spawn();
         daemon.wait_ready(READY_TIMEOUT);
         daemon
+    }
+}
+
+/// Deletes what a test consumer declared on its broker (task queue, dead letters, results
+/// exchange), so test runs do not pile up durable objects on the shared broker. Best effort:
+/// the broker may be gone already (a private node stopped first), and a drop must not panic.
+impl Drop for ConsumerSetup {
+    fn drop(&mut self) {
+        let queues = [
+            self.queue.clone(),
+            format!(
+                "{}{}",
+                self.queue,
+                labmq::broker::topology::DEAD_LETTER_SUFFIX
+            ),
+        ];
+        let exchange = self.results_exchange.clone();
+        let url = self.amqp_url.clone();
+        // Its own thread and runtime: the drop may run inside a test's runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = runtime();
+            rt.block_on(async {
+                let cleanup = async {
+                    let connection =
+                        Connection::connect(&url, ConnectionProperties::default()).await?;
+                    let channel = connection.create_channel().await?;
+                    for queue in &queues {
+                        channel
+                            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                            .await?;
+                    }
+                    channel
+                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                        .await?;
+                    connection.close(200, "".into()).await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(5), cleanup).await;
+            });
+        })
+        .join();
     }
 }
 
