@@ -161,7 +161,8 @@ pub struct ProduceArgs {
     /// Wait for each task's result and print it
     #[arg(long)]
     pub wait: bool,
-    /// Seconds to wait for all results with --wait
+    /// Seconds to wait for all results with --wait (the wait for confirms too, when shorter
+    /// than --confirm-timeout)
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub timeout: u64,
     /// Seconds to wait for the broker to confirm the publishes

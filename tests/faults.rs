@@ -12,7 +12,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
 use support::amqp::{
-    ConsumerSetup, ResultWatch, mixed_tasks, produce_tasks, wait_status_containing,
+    ConsumerSetup, ResultWatch, mixed_tasks, produce, produce_tasks, wait_status_containing,
 };
 use support::rabbit::{PrivateBroker, SHARED_AMQP_URL};
 use support::{EXIT_TIMEOUT, ServerOptions, free_addr, send_signal, spawn_server};
@@ -58,6 +58,34 @@ fn broker_restarted_mid_stream_of_10000_loses_nothing() {
     assert!(consumer.stop(EXIT_TIMEOUT).success());
     let log = consumer.stderr();
     assert!(log.contains("broker unavailable; reconnecting"), "{log}");
+}
+
+#[test]
+fn disk_alarm_produce_wait_exits_4_within_its_timeout() {
+    let broker = PrivateBroker::start();
+    let url = broker.url();
+    let queue = support::amqp::unique("alarm");
+    broker.set_disk_alarm(true);
+    // The broker withholds the confirm; --timeout bounds the whole command, so the
+    // answer comes after 2 s, not after --confirm-timeout (30 s).
+    let (code, _, stderr) = produce(
+        &url,
+        &["--queue", &queue, "--wait", "--timeout", "2", "fact:5"],
+        "",
+    );
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stderr.contains("1 of 1 tasks were not confirmed by the broker: fact:5")
+            && stderr.contains("no confirm within 2s"),
+        "{stderr}"
+    );
+    broker.set_disk_alarm(false);
+    let (code, stdout, stderr) = produce(&url, &["--queue", &queue, "fact:5"], "");
+    assert_eq!(
+        code, 0,
+        "publishing works again once the alarm clears: {stderr}"
+    );
+    assert!(stdout.contains("confirmed by the broker"), "{stdout}");
 }
 
 #[test]

@@ -89,8 +89,15 @@ async fn main() -> ExitCode {
             Err(e) => return fail(EXIT_UNREACHABLE, e),
         }
     }
+    // A caller who bounds --wait means the whole command, also while a broker under a
+    // resource alarm holds back confirms.
+    let confirm_timeout = if args.wait {
+        args.confirm_timeout.min(args.timeout)
+    } else {
+        args.confirm_timeout
+    };
     let published = match producer
-        .publish(&tasks, args.wait, Duration::from_secs(args.confirm_timeout))
+        .publish(&tasks, args.wait, Duration::from_secs(confirm_timeout))
         .await
     {
         Ok(published) => published,

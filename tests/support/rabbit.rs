@@ -132,6 +132,32 @@ impl PrivateBroker {
         );
     }
 
+    /// Raises (or clears) RabbitMQ's disk alarm by moving the free-disk limit above (or
+    /// below) any real disk, and waits until the node reports the change.
+    pub fn set_disk_alarm(&self, raised: bool) {
+        let limit = if raised { "100000GB" } else { "1MB" };
+        let output = rabbitmqctl(&self.node, &["set_disk_free_limit", limit]);
+        assert!(
+            output.status.success(),
+            "set_disk_free_limit {limit}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let alarms = rabbitmqctl(&self.node, &["eval", "rabbit_alarm:get_alarms()."]);
+            let alarms = String::from_utf8_lossy(&alarms.stdout).into_owned();
+            if alarms.contains("disk") == raised {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "disk alarm still {} after {START_TIMEOUT:?}: {alarms}",
+                if raised { "clear" } else { "raised" }
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn start_app(&self) {
         let output = rabbitmqctl(&self.node, &["start_app"]);
         assert!(
