@@ -12,7 +12,10 @@
 //! (c) labmq end to end: N mixed tasks from `labmq-produce -` until the last result
 //!     document is on the results exchange (labmq-consumer + labmq-server);
 //! (d) latency of `labmq-produce --wait` for single tasks on the idle pipeline, the
-//!     whole command (process start, connect, publish, result) timed.
+//!     whole command (process start, connect, publish, result) timed;
+//! (e) what any one-shot AMQP client pays before its first publish, as floors for (d):
+//!     the bare AMQP 0-9-1 handshake over a plain socket (no client library), and lapin's
+//!     connect + channel + close.
 //! Every phase is bounded in time and deletes its queues. Prints markdown on stdout.
 
 use std::path::{Path, PathBuf};
@@ -438,6 +441,130 @@ async fn connected_latency(args: &Args, pipeline: &Pipeline) -> anyhow::Result<V
     Ok(latencies)
 }
 
+/// (e) open a connection and a channel and close them again, `runs` times after 10
+/// warm-up runs, with `open_close`; sorted durations.
+async fn connection_floor<F, Fut>(runs: usize, mut open_close: F) -> anyhow::Result<Vec<Duration>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut durations = Vec::with_capacity(runs);
+    for i in 0..runs + 10 {
+        let started = Instant::now();
+        open_close().await?;
+        if i >= 10 {
+            durations.push(started.elapsed());
+        }
+    }
+    durations.sort();
+    Ok(durations)
+}
+
+async fn lapin_open_close(url: &str) -> anyhow::Result<()> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    // Kept until the connection closes: a dropped channel starts closing on its own.
+    let _channel = connection.create_channel().await?;
+    connection.close(200, "".into()).await?;
+    Ok(())
+}
+
+/// The AMQP 0-9-1 handshake written out over a plain socket (protocol header,
+/// Start/StartOk, Tune/TuneOk, Open/OpenOk, Channel.Open/OpenOk, Close/CloseOk): what the
+/// broker itself needs per connection, with no client library in the way.
+mod bare_amqp {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use anyhow::{Context, ensure};
+
+    const FRAME_METHOD: u8 = 1;
+    const FRAME_END: u8 = 0xCE;
+
+    fn short_string(out: &mut Vec<u8>, s: &str) {
+        out.push(s.len() as u8);
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn method(channel: u16, class: u16, method: u16, arguments: &[u8]) -> Vec<u8> {
+        let mut payload = Vec::with_capacity(4 + arguments.len());
+        payload.extend_from_slice(&class.to_be_bytes());
+        payload.extend_from_slice(&method.to_be_bytes());
+        payload.extend_from_slice(arguments);
+        let mut frame = vec![FRAME_METHOD];
+        frame.extend_from_slice(&channel.to_be_bytes());
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&payload);
+        frame.push(FRAME_END);
+        frame
+    }
+
+    /// Reads one frame and checks it is the method `(class, method)`; returns its
+    /// arguments.
+    fn expect(socket: &mut TcpStream, class: u16, method: u16) -> anyhow::Result<Vec<u8>> {
+        let mut header = [0u8; 7];
+        socket.read_exact(&mut header)?;
+        let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+        let mut payload = vec![0u8; size + 1];
+        socket.read_exact(&mut payload)?;
+        ensure!(
+            header[0] == FRAME_METHOD && payload.len() >= 5,
+            "unexpected frame"
+        );
+        let got = (
+            u16::from_be_bytes([payload[0], payload[1]]),
+            u16::from_be_bytes([payload[2], payload[3]]),
+        );
+        ensure!(
+            got == (class, method),
+            "expected method {class}.{method}, got {}.{}",
+            got.0,
+            got.1
+        );
+        Ok(payload[4..size].to_vec())
+    }
+
+    pub fn open_close(uri: &lapin::uri::AMQPUri) -> anyhow::Result<()> {
+        let authority = &uri.authority;
+        let mut socket = TcpStream::connect((authority.host.as_str(), authority.port))
+            .context("connect to the broker")?;
+        socket.set_nodelay(true)?;
+        socket.write_all(b"AMQP\x00\x00\x09\x01")?;
+        expect(&mut socket, 10, 10)?; // Connection.Start
+        let mut start_ok = Vec::new();
+        start_ok.extend_from_slice(&0u32.to_be_bytes()); // empty client properties
+        short_string(&mut start_ok, "PLAIN");
+        let response = format!(
+            "\0{}\0{}",
+            authority.userinfo.username, authority.userinfo.password
+        );
+        start_ok.extend_from_slice(&(response.len() as u32).to_be_bytes());
+        start_ok.extend_from_slice(response.as_bytes());
+        short_string(&mut start_ok, "en_US");
+        socket.write_all(&method(0, 10, 11, &start_ok))?;
+        let tune = expect(&mut socket, 10, 30)?; // Connection.Tune
+        ensure!(tune.len() >= 8, "short Connection.Tune");
+        let mut tune_ok = tune[..6].to_vec(); // channel-max, frame-max as offered
+        tune_ok.extend_from_slice(&0u16.to_be_bytes()); // no heartbeats
+        let mut open = Vec::new();
+        short_string(&mut open, &uri.vhost);
+        short_string(&mut open, "");
+        open.push(0);
+        let mut frames = method(0, 10, 31, &tune_ok);
+        frames.extend(method(0, 10, 40, &open));
+        socket.write_all(&frames)?;
+        expect(&mut socket, 10, 41)?; // Connection.OpenOk
+        socket.write_all(&method(1, 20, 10, &[0]))?;
+        expect(&mut socket, 20, 11)?; // Channel.OpenOk
+        let mut close = Vec::new();
+        close.extend_from_slice(&200u16.to_be_bytes());
+        short_string(&mut close, "");
+        close.extend_from_slice(&[0, 0, 0, 0]);
+        socket.write_all(&method(0, 10, 50, &close))?;
+        expect(&mut socket, 10, 51)?; // Connection.CloseOk
+        Ok(())
+    }
+}
+
 /// Time to start and finish the CLI when there is nothing to do, as a floor for (d).
 async fn cli_floor(bin_dir: &Path) -> anyhow::Result<Duration> {
     let mut best = Duration::MAX;
@@ -517,6 +644,25 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let floor = cli_floor(&args.bin_dir).await?;
+    let uri: lapin::uri::AMQPUri = args
+        .amqp_url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--amqp-url: {e}"))?;
+    let bare = bounded(
+        timeout,
+        "(e) bare AMQP handshake",
+        connection_floor(args.latency_runs, || {
+            let uri = uri.clone();
+            async move { tokio::task::spawn_blocking(move || bare_amqp::open_close(&uri)).await? }
+        }),
+    )
+    .await?;
+    let with_lapin = bounded(
+        timeout,
+        "(e) lapin connect + channel + close",
+        connection_floor(args.latency_runs, || lapin_open_close(&args.amqp_url)),
+    )
+    .await?;
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     let (raw_rate, relay_rate, labmq_rate) = (rate(raw), rate(relay), rate(labmq));
 
@@ -553,6 +699,26 @@ async fn main() -> anyhow::Result<()> {
         connected.len(),
         ms(percentile(&connected, 0.5)),
         ms(percentile(&connected, 0.99))
+    );
+    let one_shot_floor = floor + percentile(&bare, 0.5) + percentile(&connected, 0.5);
+    println!(
+        "(e) opening a connection and a channel and closing them, {} runs each: bare AMQP \
+         handshake over a plain socket (no client library) p50 **{:.2} ms**, p99 {:.2} ms; \
+         lapin (connect + create_channel + close) p50 **{:.2} ms**, p99 {:.2} ms.",
+        bare.len(),
+        ms(percentile(&bare, 0.5)),
+        ms(percentile(&bare, 0.99)),
+        ms(percentile(&with_lapin, 0.5)),
+        ms(percentile(&with_lapin, 0.99))
+    );
+    println!(
+        "Floor for (d) in this run, for any one-shot client: process start + bare handshake \
+         + (d') = {:.2} + {:.2} + {:.2} = **{:.2} ms**; (d) is {:.2}× that floor.",
+        ms(floor),
+        ms(percentile(&bare, 0.5)),
+        ms(percentile(&connected, 0.5)),
+        ms(one_shot_floor),
+        ms(percentile(&latencies, 0.5)) / ms(one_shot_floor)
     );
     println!();
     println!(
