@@ -28,11 +28,11 @@ use clap::Parser;
 use futures_util::StreamExt;
 use labmq::broker::connection::AmqpTarget;
 use labmq::broker::produce::{Producer, wait_for_results};
-use labmq::broker::topology::{QueueType, Topology};
+use labmq::broker::topology::{DEAD_LETTER_SUFFIX, QueueType, Topology};
 use labmq::task::Task;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -289,6 +289,24 @@ async fn start_pipeline(args: &Args) -> anyhow::Result<Pipeline> {
         results_exchange,
         _dir: dir,
     })
+}
+
+/// Stops the pipeline's daemons, then deletes the queues and the exchange its consumer
+/// declared, so runs leave nothing durable on the broker.
+async fn remove_pipeline(connection: &Connection, pipeline: Pipeline) -> anyhow::Result<()> {
+    let queue = pipeline.queue.clone();
+    let results_exchange = pipeline.results_exchange.clone();
+    drop(pipeline);
+    let cleanup = channel(connection, 1).await?;
+    delete(&cleanup, &queue).await;
+    delete(&cleanup, &format!("{queue}{DEAD_LETTER_SUFFIX}")).await;
+    let _ = cleanup
+        .exchange_delete(
+            results_exchange.as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+    Ok(())
 }
 
 async fn wait_port(port: u16) -> anyhow::Result<()> {
@@ -663,6 +681,7 @@ async fn main() -> anyhow::Result<()> {
         connection_floor(args.latency_runs, || lapin_open_close(&args.amqp_url)),
     )
     .await?;
+    remove_pipeline(&connection, pipeline).await?;
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     let (raw_rate, relay_rate, labmq_rate) = (rate(raw), rate(relay), rate(labmq));
 
