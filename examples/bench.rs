@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use labmq::compute::factorial_decimal;
-use labmq::rpc::MAX_RESPONSE_BYTES;
-use labmq::rpc::proto::message_service_client::MessageServiceClient;
-use labmq::rpc::proto::{AbRequest, FactorialRequest, MessageRequest};
+use labmq::grpc::MAX_RESPONSE_BYTES;
+use labmq::grpc::proto::message_service_client::MessageServiceClient;
+use labmq::grpc::proto::{AbRequest, FactorialRequest, MessageRequest};
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Parser)]

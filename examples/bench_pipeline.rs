@@ -26,13 +26,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use futures_util::StreamExt;
-use labmq::broker::connection::AmqpTarget;
-use labmq::broker::produce::{Producer, wait_for_results};
-use labmq::broker::topology::{DEAD_LETTER_SUFFIX, QueueType, Topology};
+use labmq::amqp::producer::{Producer, wait_for_results};
+use labmq::amqp::settings::AmqpTarget;
+use labmq::amqp::topology::{
+    DEAD_LETTER_SUFFIX, QueueType, Topology, declare_queue, inspect_queue,
+};
 use labmq::task::Task;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -71,20 +73,6 @@ async fn channel(connection: &Connection, prefetch: u16) -> anyhow::Result<Chann
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
     Ok(channel)
-}
-
-async fn declare(channel: &Channel, queue: &str) -> anyhow::Result<()> {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(())
 }
 
 async fn delete(channel: &Channel, queue: &str) {
@@ -147,7 +135,7 @@ async fn drain(channel: Channel, queue: String, count: usize) -> anyhow::Result<
 async fn raw_rate(connection: &Connection, count: usize) -> anyhow::Result<Duration> {
     let queue = unique("raw");
     let publisher = channel(connection, 0).await?;
-    declare(&publisher, &queue).await?;
+    declare_queue(&publisher, &queue, FieldTable::default()).await?;
     let consumer_channel = channel(connection, 1000).await?;
     let started = Instant::now();
     let drained = tokio::spawn(drain(consumer_channel, queue.clone(), count));
@@ -162,8 +150,8 @@ async fn raw_rate(connection: &Connection, count: usize) -> anyhow::Result<Durat
 async fn relay_bound(connection: &Connection, count: usize) -> anyhow::Result<Duration> {
     let (tasks, results) = (unique("relay-in"), unique("relay-out"));
     let publisher = channel(connection, 0).await?;
-    declare(&publisher, &tasks).await?;
-    declare(&publisher, &results).await?;
+    declare_queue(&publisher, &tasks, FieldTable::default()).await?;
+    declare_queue(&publisher, &results, FieldTable::default()).await?;
     let relay_in = channel(connection, 256).await?;
     let relay_out = channel(connection, 0).await?;
     let drainer = channel(connection, 1000).await?;
@@ -326,17 +314,7 @@ async fn wait_port(port: u16) -> anyhow::Result<()> {
 async fn wait_consuming(connection: &Connection, queue: &str) -> anyhow::Result<()> {
     for _ in 0..200 {
         let probe = connection.create_channel().await?;
-        if let Ok(q) = probe
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-        {
+        if let Ok(q) = inspect_queue(&probe, queue).await {
             let _ = probe.close(200, "".into()).await;
             if q.consumer_count() > 0 {
                 return Ok(());
@@ -434,12 +412,13 @@ async fn connected_latency(args: &Args, pipeline: &Pipeline) -> anyhow::Result<V
         queue_type: QueueType::Classic,
         results_exchange: pipeline.results_exchange.clone(),
     };
-    let producer = Producer::connect(&target, &topology, "labmq-bench").await?;
+    let producer =
+        Producer::connect(&target, &topology, "labmq-bench", Duration::from_secs(10)).await?;
     let mut replies = producer.listen_for_results().await?;
     let tasks = [
         Task::Factorial(6),
-        Task::MostFrequentLetter("abracadabra".into()),
-        Task::AssignAb("user42".into()),
+        Task::FrequentLetter("abracadabra".into()),
+        Task::Ab("user42".into()),
         Task::Upper("hello".into()),
     ];
     let mut latencies = Vec::with_capacity(args.latency_runs);

@@ -1,5 +1,5 @@
 //! Writes a man page and bash/zsh completions for every labmq binary, from the clap
-//! definitions in `labmq::cli`, so the packages document exactly what the binaries parse.
+//! definitions in the library, so the packages document exactly what the binaries parse.
 //!
 //! Usage: `cargo run --example gen-docs -- OUTDIR`, which writes
 //! `OUTDIR/man/<bin>.1`, `OUTDIR/bash/<bin>` and `OUTDIR/zsh/_<bin>` (packaging/build-debs
@@ -14,11 +14,11 @@ use clap_complete::Shell;
 /// Every binary's command. A new binary adds its `Args` type here.
 fn commands() -> Vec<Command> {
     vec![
-        labmq::cli::ServerArgs::command(),
-        labmq::cli::CallArgs::command(),
-        labmq::cli::ConsumerArgs::command(),
-        labmq::cli::ProduceArgs::command(),
-        labmq::cli::WebArgs::command(),
+        labmq::server::ServerArgs::command(),
+        labmq::cli::call::CallArgs::command(),
+        labmq::consumer::ConsumerArgs::command(),
+        labmq::cli::produce::ProduceArgs::command(),
+        labmq::web::WebArgs::command(),
     ]
 }
 

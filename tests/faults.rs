@@ -15,7 +15,7 @@ use support::amqp::{
     ConsumerSetup, ResultWatch, mixed_tasks, produce, produce_tasks, wait_status_containing,
 };
 use support::rabbit::{PrivateBroker, SHARED_AMQP_URL};
-use support::{EXIT_TIMEOUT, ServerOptions, free_addr, send_signal, spawn_server};
+use support::{Daemon, EXIT_TIMEOUT, Server, ServerOptions, free_addr, send_signal, spawn_server};
 
 const ALL_RESULTS_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -137,34 +137,56 @@ fn grpc_server_down_for_10s_mid_stream_loses_nothing() {
     );
 }
 
-#[test]
-fn consumer_sigkilled_mid_stream_then_restarted_loses_nothing() {
+/// A consumer with 5,000 mixed tasks published, 1,000 of whose results have arrived.
+struct MidStream {
+    _server: Server,
+    setup: ConsumerSetup,
+    watch: ResultWatch,
+    consumer: Daemon,
+    ids: Vec<String>,
+}
+
+fn mid_stream_of_5000() -> MidStream {
     let server = spawn_server("");
     let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
     let watch = ResultWatch::start(SHARED_AMQP_URL, &setup.results_exchange);
-    let mut consumer = setup.start();
-    let counter = &watch.counter;
-
+    let consumer = setup.start();
     let ids = produce_tasks(SHARED_AMQP_URL, &setup.queue, &mixed_tasks(5_000));
-    counter.wait_for_count(1_000, ALL_RESULTS_TIMEOUT);
-    send_signal(consumer.pid(), libc::SIGKILL);
-    let _ = consumer.wait_exit(EXIT_TIMEOUT);
-    let mut restarted = setup.start();
-    let seen = counter.wait_for_all(&ids, ALL_RESULTS_TIMEOUT);
-    check_all_ok("consumer SIGKILL", &seen, 5_000);
-    assert!(restarted.stop(EXIT_TIMEOUT).success());
+    watch.counter.wait_for_count(1_000, ALL_RESULTS_TIMEOUT);
+    MidStream {
+        _server: server,
+        setup,
+        watch,
+        consumer,
+        ids,
+    }
+}
+
+impl MidStream {
+    /// Starts a new consumer and asserts that every task gets a successful result.
+    fn restart_and_check(&self, name: &str) {
+        let mut restarted = self.setup.start();
+        let seen = self
+            .watch
+            .counter
+            .wait_for_all(&self.ids, ALL_RESULTS_TIMEOUT);
+        check_all_ok(name, &seen, 5_000);
+        assert!(restarted.stop(EXIT_TIMEOUT).success());
+    }
+}
+
+#[test]
+fn consumer_sigkilled_mid_stream_then_restarted_loses_nothing() {
+    let mut stream = mid_stream_of_5000();
+    send_signal(stream.consumer.pid(), libc::SIGKILL);
+    let _ = stream.consumer.wait_exit(EXIT_TIMEOUT);
+    stream.restart_and_check("consumer SIGKILL");
 }
 
 #[test]
 fn consumer_sigtermed_mid_stream_drains_exits_0_and_loses_nothing() {
-    let server = spawn_server("");
-    let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
-    let watch = ResultWatch::start(SHARED_AMQP_URL, &setup.results_exchange);
-    let mut consumer = setup.start();
-    let counter = &watch.counter;
-
-    let ids = produce_tasks(SHARED_AMQP_URL, &setup.queue, &mixed_tasks(5_000));
-    counter.wait_for_count(1_000, ALL_RESULTS_TIMEOUT);
+    let mut stream = mid_stream_of_5000();
+    let consumer = &mut stream.consumer;
     consumer.terminate();
     consumer.wait_notify("STOPPING", "1", Duration::from_secs(30));
     let status = consumer.wait_exit(EXIT_TIMEOUT);
@@ -176,14 +198,10 @@ fn consumer_sigtermed_mid_stream_drains_exits_0_and_loses_nothing() {
     let log = consumer.stderr();
     assert!(log.contains("draining in-flight tasks"), "{log}");
     assert!(
-        counter.distinct() < 5_000,
+        stream.watch.counter.distinct() < 5_000,
         "the stream should not be finished yet"
     );
-
-    let mut restarted = setup.start();
-    let seen = counter.wait_for_all(&ids, ALL_RESULTS_TIMEOUT);
-    check_all_ok("consumer SIGTERM", &seen, 5_000);
-    assert!(restarted.stop(EXIT_TIMEOUT).success());
+    stream.restart_and_check("consumer SIGTERM");
 }
 
 #[test]

@@ -117,7 +117,7 @@ fn plain_body_without_properties_is_a_task_and_list_bodies_split() {
 
 /// The id the consumer derives for a message without `message_id`.
 fn lapin_free_id(body: &[u8]) -> String {
-    labmq::broker::handle::derived_id(body)
+    labmq::consumer::handle::derived_id(body)
 }
 
 #[test]

@@ -6,8 +6,8 @@ mod support;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use labmq::rpc::proto::message_service_client::MessageServiceClient;
-use labmq::rpc::proto::{AbRequest, FactorialRequest, MessageRequest, TextRequest};
+use labmq::grpc::proto::message_service_client::MessageServiceClient;
+use labmq::grpc::proto::{AbRequest, FactorialRequest, MessageRequest, TextRequest};
 use support::{
     CALL_BIN, EXIT_TIMEOUT, SERVER_BIN, Server, ServerOptions, free_addr, notify_field, run,
     spawn_server,
@@ -28,7 +28,7 @@ async fn channel(server: &Server) -> Channel {
 
 async fn client(server: &Server) -> MessageServiceClient<Channel> {
     MessageServiceClient::new(channel(server).await)
-        .max_decoding_message_size(labmq::rpc::MAX_RESPONSE_BYTES)
+        .max_decoding_message_size(labmq::grpc::MAX_RESPONSE_BYTES)
 }
 
 fn stdout(output: &std::process::Output) -> String {
@@ -430,6 +430,51 @@ fn flags_beat_environment_which_beats_file() {
     let mut flagged = ServerOptions::with_config("listen = \"127.0.0.1:1\"\n").start();
     assert_ne!(flagged.addr.port(), 1);
     assert_eq!(flagged.daemon.stop(EXIT_TIMEOUT).code(), Some(0));
+}
+
+// ---------------------------------------------------------------------------------------
+// Reload (SIGHUP, what `systemctl reload` sends)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn sighup_applies_log_level_keeps_the_status_line_and_names_keys_needing_a_restart() {
+    let mut server = ServerOptions::with_config("log_level = \"info\"\n").start();
+    let serving = format!("serving on {}", server.addr);
+    // Same listen address (it is also a flag), a new level and a new factorial limit.
+    std::fs::write(
+        server.daemon.dir().join("server.toml"),
+        "log_level = \"debug\"\nmax_factorial_n = 5\n",
+    )
+    .expect("rewrite server.toml");
+    support::send_signal(server.daemon.pid(), libc::SIGHUP);
+    server
+        .daemon
+        .wait_notify("RELOADING", "1", Duration::from_secs(10));
+    let ready = server
+        .daemon
+        .wait_notify("READY", "1", Duration::from_secs(10));
+    assert_eq!(
+        notify_field(&ready, "STATUS"),
+        Some(serving.as_str()),
+        "the reload must end with the daemon's own status line: {ready:?}"
+    );
+    wait_for_log(
+        &mut server,
+        &["reloaded: log_level is debug", "max_factorial_n"],
+        Duration::from_secs(10),
+    );
+    // The running limit is unchanged until a restart; the new level is live.
+    let mut client = client(&server).await;
+    let result = client
+        .factorial(FactorialRequest { n: 10 })
+        .await
+        .expect("Factorial(10) under the running limit")
+        .into_inner()
+        .result;
+    assert_eq!(result, "3628800");
+    wait_for_log(&mut server, &["Factorial"], Duration::from_secs(10));
+    let log = server.daemon.stderr();
+    assert!(!log.contains("configuration reloaded"), "{log}");
 }
 
 // ---------------------------------------------------------------------------------------

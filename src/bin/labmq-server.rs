@@ -1,20 +1,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use labmq::cli::{SERVER_CONFIG_PATH, ServerArgs};
-use labmq::daemon::config::{ConfigFile, ServerConfig};
-use labmq::daemon::run::Daemon;
+use labmq::server::ServerArgs;
 
 fn main() -> ExitCode {
     let args = ServerArgs::parse();
-    Daemon {
-        name: "labmq-server",
-        file: ConfigFile::new(args.config, SERVER_CONFIG_PATH),
-        flags: args.flags,
-        check_config: args.check_config,
-    }
-    .main(|config: ServerConfig, shutdown| async move {
-        labmq::rpc::server::run(&config, shutdown).await?;
+    labmq::daemon::run::run(args.daemon, args.flags, |config, shutdown| async move {
+        labmq::server::run(&config, shutdown).await?;
         Ok(())
     })
 }

@@ -1,12 +1,13 @@
 //! Pure computations behind the gRPC methods: no I/O, no async, each with its own limits
-//! and error type so the RPC layer can map them to `INVALID_ARGUMENT`.
+//! and error type so the gRPC layer can map them to `INVALID_ARGUMENT`. One module per
+//! task kind, named as in [`crate::task`].
 
 pub mod ab;
-pub mod factorial;
-pub mod letters;
-pub mod upper;
+pub(crate) mod factorial;
+pub(crate) mod frequent_letter;
+pub(crate) mod upper;
 
-pub use ab::{AbError, AbSplitter, Group};
+pub(crate) use ab::AbSplitter;
 pub use factorial::{FactorialError, factorial_decimal};
-pub use letters::{LetterCount, LettersError, most_frequent_letter};
-pub use upper::processed_text;
+pub(crate) use frequent_letter::{FrequentLetterError, most_frequent_letter};
+pub(crate) use upper::processed_text;

@@ -10,8 +10,14 @@ use tracing_subscriber::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoggingError {
-    #[error("invalid log level {level:?}: {message}")]
-    Level { level: String, message: String },
+    #[error("invalid log level {level:?}")]
+    Level {
+        level: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("cannot change the log level")]
+    Reload(#[from] reload::Error),
     #[error("logging already initialised")]
     AlreadySet,
 }
@@ -30,19 +36,16 @@ impl LogControl {
             return Ok(());
         }
         let filter = parse_filter(level)?;
-        self.handle.reload(filter).map_err(|e| LoggingError::Level {
-            level: level.to_owned(),
-            message: e.to_string(),
-        })
+        Ok(self.handle.reload(filter)?)
     }
 }
 
 fn parse_filter(level: &str) -> Result<EnvFilter, LoggingError> {
     EnvFilter::builder()
         .parse(level)
-        .map_err(|e| LoggingError::Level {
+        .map_err(|source| LoggingError::Level {
             level: level.to_owned(),
-            message: e.to_string(),
+            source,
         })
 }
 
@@ -104,4 +107,21 @@ pub fn init_cli() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
+}
+
+/// An error with its causes on one line, `outer: cause: root cause`, for log fields and
+/// messages (a `{}` of the outer error alone is often vague).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their source in their own message; say it once.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -1,8 +1,20 @@
-//! Daemon plumbing shared by every labmq service: configuration layers, logging,
-//! systemd notifications and the one shutdown path.
+//! Generic daemon plumbing, shared by every labmq program and importing none of them:
+//!
+//! - [`service`]: the [`Service`](service::Service) trait a program's config implements
+//!   (name, config path, env prefix, validation, log level) and the shared
+//!   `--config`/`--check-config` flags;
+//! - [`config`]: the figment loader (defaults < TOML < environment < flags, unknown keys
+//!   rejected, secrets read raw);
+//! - [`run`]: the runner every daemon's `main` calls: config, logging, signals, SIGHUP
+//!   reload, exit codes;
+//! - [`logging`], [`shutdown`], [`systemd`]: journald or stderr logs, the one cancellation
+//!   token, sd_notify;
+//! - [`backoff`]: the capped, jittered delays of retries and reconnects.
 
-pub mod config;
+pub(crate) mod backoff;
+pub(crate) mod config;
 pub mod logging;
 pub mod run;
-pub mod shutdown;
-pub mod systemd;
+pub mod service;
+pub(crate) mod shutdown;
+pub(crate) mod systemd;

@@ -1,8 +1,21 @@
 //! systemd notifications (sd_notify): READY, STOPPING, RELOADING, STATUS and watchdog pings.
 //! Outside systemd (`NOTIFY_SOCKET` unset) every call is a no-op.
+//!
+//! The last `STATUS=` line is remembered, so that the end of a reload (which systemd
+//! reports with READY=1) can repeat the daemon's own status instead of replacing it.
+
+use std::sync::Mutex;
 
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
+
+static LAST_STATUS: Mutex<String> = Mutex::new(String::new());
+
+fn remember(status: &str) {
+    if let Ok(mut last) = LAST_STATUS.lock() {
+        status.clone_into(&mut last);
+    }
+}
 
 fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -11,14 +24,17 @@ fn send(states: &[NotifyState]) {
 }
 
 pub fn ready(status: &str) {
+    remember(status);
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 pub fn stopping(status: &str) {
+    remember(status);
     send(&[NotifyState::Stopping, NotifyState::Status(status)]);
 }
 
 pub fn status(status: &str) {
+    remember(status);
     send(&[NotifyState::Status(status)]);
 }
 
@@ -31,8 +47,10 @@ pub fn reloading() {
     }
 }
 
-pub fn reloaded(status: &str) {
-    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+/// Ends a reload, repeating the last status line.
+pub fn reloaded() {
+    let last = LAST_STATUS.lock().map(|s| s.clone()).unwrap_or_default();
+    send(&[NotifyState::Ready, NotifyState::Status(&last)]);
 }
 
 /// Pings the watchdog at half its interval while `shutdown` is not cancelled, when the unit

@@ -5,104 +5,56 @@
 //! connection is followed by reconnect, redeclare and resume, with backoff.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::Connection;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicQosOptions};
 use tokio_util::sync::CancellationToken;
 
-use super::Status;
+use super::status::Status;
 use super::store::Store;
-use crate::broker::connection::AmqpTarget;
-use crate::broker::result::ResultDocument;
-use crate::broker::topology::Topology;
-use crate::broker::{BrokerError, backoff};
+use crate::amqp::AmqpError;
+use crate::amqp::session::{Link, Session, SessionEnd};
+use crate::amqp::topology::{Topology, subscribe};
+use crate::daemon::logging::error_chain;
+use crate::task::ResultDocument;
 
 /// Most deliveries stored in one transaction (and the prefetch).
 const BATCH: u16 = 256;
-/// How long closing the connection may take at shutdown.
-const CLOSE_BOUND: Duration = Duration::from_secs(5);
 
-pub struct Ingest {
-    pub target: AmqpTarget,
+pub(super) struct Ingest {
+    /// The broker, for status lines (no password).
+    pub broker: String,
     pub topology: Topology,
     pub queue: String,
     pub store: Store,
     pub status: Arc<Status>,
-    pub reconnect_max: Duration,
 }
 
-enum SessionEnd {
-    Shutdown,
-    Lost(String),
-}
-
-/// Consumes until `shutdown`, reconnecting as long as it takes.
-pub async fn run(ingest: Ingest, shutdown: CancellationToken) {
-    let mut delays = backoff::delays(Duration::from_millis(500), ingest.reconnect_max);
-    let mut outage: Option<String> = None;
-    while !shutdown.is_cancelled() {
-        let reason = match ingest.session(&shutdown).await {
-            Ok(SessionEnd::Shutdown) => break,
-            Ok(SessionEnd::Lost(reason)) => reason,
-            Err(e) => e.to_string(),
-        };
-        if outage.as_deref() != Some(reason.as_str()) {
-            tracing::warn!(broker = %ingest.target.redacted(), error = %reason, "results consumer: broker unavailable; reconnecting with backoff");
-        } else {
-            tracing::debug!(error = %reason, "reconnect attempt failed");
-        }
-        ingest.status.broker(
-            false,
-            format!(
-                "broker: reconnecting to {} ({reason})",
-                ingest.target.redacted()
-            ),
-        );
-        outage = Some(reason);
-        let delay = delays.next().unwrap_or(ingest.reconnect_max);
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(delay) => {}
-        }
-    }
-}
-
-impl Ingest {
-    async fn session(&self, shutdown: &CancellationToken) -> Result<SessionEnd, BrokerError> {
-        self.status.broker(
-            false,
-            format!("broker: connecting to {}", self.target.redacted()),
-        );
-        let connection = self.target.connect("labmq-web").await?;
+impl Session for Ingest {
+    async fn run(
+        &mut self,
+        connection: &Connection,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, AmqpError> {
         let channel = connection
             .create_channel()
             .await
-            .map_err(|e| BrokerError::amqp("opening the results channel", e))?;
+            .map_err(|e| AmqpError::amqp("opening the results channel", e))?;
         self.topology
             .declare_results_queue(&channel, &self.queue)
             .await?;
         channel
             .basic_qos(BATCH, BasicQosOptions::default())
             .await
-            .map_err(|e| BrokerError::amqp("setting prefetch", e))?;
-        let mut consumer = channel
-            .basic_consume(
-                self.queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| BrokerError::amqp(format!("consuming from {:?}", self.queue), e))?;
-        tracing::info!(queue = %self.queue, exchange = %self.topology.results_exchange, broker = %self.target.redacted(), "consuming results");
+            .map_err(|e| AmqpError::amqp("setting prefetch", e))?;
+        let mut consumer = subscribe(&channel, &self.queue).await?;
+        tracing::info!(queue = %self.queue, exchange = %self.topology.results_exchange, broker = %self.broker, "consuming results");
         self.status.broker(
             true,
             format!(
                 "broker: storing results from {} on {}",
-                self.queue,
-                self.target.redacted()
+                self.queue, self.broker
             ),
         );
 
@@ -139,17 +91,21 @@ impl Ingest {
                 break SessionEnd::Lost(reason);
             }
         };
-        // Bounded: a broker that stopped answering must not keep the daemon from exiting
-        // (it requeues whatever is unacked when the connection goes anyway).
-        let close = connection.close(200, "labmq-web closing".into());
-        match tokio::time::timeout(CLOSE_BOUND, close).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "closing the results connection"),
-            Err(_) => tracing::warn!("the broker did not answer the close within {CLOSE_BOUND:?}"),
-        }
         Ok(end)
     }
 
+    fn link(&self, state: Link<'_>) {
+        let text = match state {
+            Link::Connecting => format!("broker: connecting to {}", self.broker),
+            Link::Reconnecting { reason } => {
+                format!("broker: reconnecting to {} ({reason})", self.broker)
+            }
+        };
+        self.status.broker(false, text);
+    }
+}
+
+impl Ingest {
     /// Stores a batch and acks it; on a database error requeues it and ends the session
     /// (the reconnect backoff paces the retries).
     async fn store_batch(
@@ -177,7 +133,7 @@ impl Ingest {
         }
         let count = documents.len();
         if let Err(e) = self.store.upsert(documents).await {
-            tracing::error!(error = %e, "cannot store results; requeueing them");
+            tracing::error!(error = %error_chain(&e), "cannot store results; requeueing them");
             let _ = channel
                 .basic_nack(
                     last_tag,
@@ -187,7 +143,7 @@ impl Ingest {
                     },
                 )
                 .await;
-            return Err(format!("storing results: {e}"));
+            return Err(format!("storing results: {}", error_chain(&e)));
         }
         channel
             .basic_ack(last_tag, BasicAckOptions { multiple: true })

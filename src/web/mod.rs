@@ -1,9 +1,11 @@
 //! `labmq-web`: a web page and JSON API to submit tasks and browse their results.
 //!
+//! - [`config`]: its configuration and command line;
 //! - [`submit`]: a submit's tasks parsed with the shared grammar, checked against the
 //!   limits (tasks per submit, submits per minute) and published with confirms.
 //! - [`ingest`]: labmq-web's own durable queue bound to the results exchange; every result
-//!   document is stored (idempotently by id) before it is acked.
+//!   document is stored (idempotently by id) before it is acked; run by the shared
+//!   reconnecting [`crate::amqp::session::Driver`].
 //! - [`store`]: the SQLite database of results.
 //! - [`routes`]: the HTTP API and the page's endpoints; [`page`]: the HTML (maud escapes
 //!   everything interpolated).
@@ -12,133 +14,83 @@
 //! results can be browsed without a broker, and `STATUS=` and `/healthz` say whether the
 //! broker is connected.
 
-pub mod ingest;
-pub mod page;
-pub mod routes;
-pub mod store;
-pub mod submit;
+pub mod config;
+mod ingest;
+mod page;
+mod routes;
+mod status;
+mod store;
+mod submit;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::BrokerError;
-use crate::broker::connection::AmqpTarget;
-use crate::broker::topology::Topology;
-use crate::daemon::config::WebConfig;
+use crate::amqp::AmqpError;
+use crate::amqp::session::Driver;
 use crate::daemon::systemd;
+use config::CONNECT_TIMEOUT;
+pub use config::{WebArgs, WebConfig};
+use status::Status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
     #[error(transparent)]
-    Broker(#[from] BrokerError),
+    Amqp(#[from] AmqpError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[error("cannot listen on {addr}: {message}")]
-    Bind { addr: SocketAddr, message: String },
-    #[error("HTTP server failed: {0}")]
-    Serve(String),
-}
-
-/// What the daemon is doing, for `STATUS=` and `/healthz`: the listener's address and the
-/// state of the results consumer. A change sends one `STATUS=` line and one log line.
-pub struct Status {
-    listen: Mutex<Option<SocketAddr>>,
-    broker: Mutex<(bool, String)>,
-}
-
-impl Default for Status {
-    fn default() -> Self {
-        Self {
-            listen: Mutex::new(None),
-            broker: Mutex::new((false, "broker: starting".into())),
-        }
-    }
-}
-
-impl Status {
-    fn set_listen(&self, addr: SocketAddr) {
-        if let Ok(mut listen) = self.listen.lock() {
-            *listen = Some(addr);
-        }
-    }
-
-    /// Records the broker side's state; `connected` is what `/healthz` reports.
-    pub fn broker(&self, connected: bool, text: impl Into<String>) {
-        let text = text.into();
-        let changed = match self.broker.lock() {
-            Ok(mut broker) if *broker != (connected, text.clone()) => {
-                *broker = (connected, text);
-                true
-            }
-            _ => false,
-        };
-        if changed {
-            systemd::status(&self.line());
-        }
-    }
-
-    /// `(connected, description)` of the broker side.
-    pub fn broker_state(&self) -> (bool, String) {
-        self.broker
-            .lock()
-            .map(|b| b.clone())
-            .unwrap_or((false, "unknown".into()))
-    }
-
-    /// `serving on ADDR; broker: …`.
-    pub fn line(&self) -> String {
-        let listen = self.listen.lock().ok().and_then(|l| *l);
-        let broker = self.broker_state().1;
-        match listen {
-            Some(addr) => format!("serving on {addr}; {broker}"),
-            None => broker,
-        }
-    }
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed")]
+    Serve(#[source] std::io::Error),
 }
 
 /// Runs labmq-web until `shutdown` is cancelled.
 pub async fn run(config: &WebConfig, shutdown: CancellationToken) -> Result<(), WebError> {
-    let target = AmqpTarget::new(
-        &config.amqp_url,
-        Some(&config.amqp_password),
-        (!config.amqp_password_file.is_empty()).then(|| Path::new(&config.amqp_password_file)),
-    )?;
-    let topology = Topology {
-        queue: config.queue.clone(),
-        queue_type: config.queue_type,
-        results_exchange: config.results_exchange.clone(),
-    };
+    let target = config.amqp.target()?;
+    let topology = config.amqp.topology();
     let store = store::Store::open(Path::new(&config.database))?;
     let status = Arc::new(Status::default());
     let submitter = submit::Submitter::new(target.clone(), topology.clone(), config);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| WebError::Bind {
+        .map_err(|source| WebError::Bind {
             addr: config.listen,
-            message: e.to_string(),
+            source,
         })?;
-    let addr = listener.local_addr().map_err(|e| WebError::Bind {
+    let addr = listener.local_addr().map_err(|source| WebError::Bind {
         addr: config.listen,
-        message: e.to_string(),
+        source,
     })?;
     status.set_listen(addr);
 
-    let ingest = tokio::spawn(ingest::run(
-        ingest::Ingest {
-            target,
-            topology,
-            queue: config.results_queue.clone(),
-            store: store.clone(),
-            status: status.clone(),
-            reconnect_max: Duration::from_secs(config.reconnect_max_secs),
-        },
-        shutdown.clone(),
-    ));
+    let mut ingest = ingest::Ingest {
+        broker: target.redacted(),
+        topology,
+        queue: config.results_queue.clone(),
+        store: store.clone(),
+        status: status.clone(),
+    };
+    let reconnect_max = Duration::from_secs(config.reconnect_max_secs);
+    let ingest_shutdown = shutdown.clone();
+    let ingest = tokio::spawn(async move {
+        Driver {
+            target: &target,
+            client_name: "labmq-web",
+            connect_timeout: CONNECT_TIMEOUT,
+            reconnect_max,
+        }
+        .run(&mut ingest, &ingest_shutdown)
+        .await;
+    });
 
     let app = routes::router(routes::AppState {
         store,
@@ -161,7 +113,7 @@ pub async fn run(config: &WebConfig, shutdown: CancellationToken) -> Result<(), 
     if let Err(e) = ingest.await {
         tracing::warn!(error = %e, "results consumer ended abnormally");
     }
-    served.map_err(|e| WebError::Serve(e.to_string()))?;
+    served.map_err(WebError::Serve)?;
     tracing::info!("labmq-web stopped");
     Ok(())
 }

@@ -22,10 +22,11 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::Status;
 use super::page::{self, Filters, PageView};
+use super::status::Status;
 use super::store::{self, Store, StoredResult};
 use super::submit::{SubmitError, Submitter};
+use crate::daemon::logging::error_chain;
 use crate::task::TaskKind;
 
 /// Most results one `/api/results` answer may hold.
@@ -98,12 +99,9 @@ impl ApiError {
     }
 
     fn internal(error: &store::StoreError) -> Self {
-        tracing::error!(error = %error, "database error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "database_error",
-            error.to_string(),
-        )
+        let message = error_chain(error);
+        tracing::error!(error = %message, "database error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "database_error", message)
     }
 }
 
@@ -112,7 +110,7 @@ impl From<SubmitError> for ApiError {
         Self {
             status: error.status(),
             code: error.code(),
-            message: error.to_string(),
+            message: error_chain(&error),
             retry_after: error.retry_after_secs(),
         }
     }
@@ -331,7 +329,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
         "status": if healthy { "ok" } else { "unavailable" },
         "database": match &database {
             Ok(results) => json!({"ok": true, "results": results}),
-            Err(e) => json!({"ok": false, "error": e.to_string()}),
+            Err(e) => json!({"ok": false, "error": error_chain(e)}),
         },
         "broker": {"ok": broker_ok, "status": broker},
     });
@@ -372,8 +370,9 @@ async fn render_page(
     let (results, store_error) = match state.store.list(query).await {
         Ok(results) => (results, None),
         Err(e) => {
-            tracing::error!(error = %e, "database error");
-            (Vec::new(), Some(e.to_string()))
+            let message = error_chain(&e);
+            tracing::error!(error = %message, "database error");
+            (Vec::new(), Some(message))
         }
     };
     let view = PageView {
@@ -424,7 +423,7 @@ async fn submit_form(
         .await;
     let (status, retry_after, outcome) = match outcome {
         Ok(report) => (StatusCode::OK, None, Ok(report)),
-        Err(e) => (e.status(), e.retry_after_secs(), Err(e.to_string())),
+        Err(e) => (e.status(), e.retry_after_secs(), Err(error_chain(&e))),
     };
     let submitted = page::Submitted {
         input: form.tasks,

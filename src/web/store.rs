@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::broker::result::{ErrorInfo, ResultDocument};
-use crate::task::{TaskKind, truncate};
+use crate::task::{ErrorInfo, ResultDocument, TaskKind, TaskOutput, truncate};
 
 /// Characters of a result shown in lists; the whole value is one request away.
 pub const SHORT_CHARS: usize = 200;
@@ -20,12 +19,22 @@ pub const INLINE_RESULT_BYTES: usize = 2048;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database {path}: {message}")]
-    Open { path: PathBuf, message: String },
-    #[error("database: {0}")]
+    #[error("database {path}: cannot create its directory")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("database: a blocking task failed: {0}")]
-    Join(String),
+    #[error("database: a blocking task failed")]
+    Join(#[from] tokio::task::JoinError),
     #[error("database: the connection lock was poisoned")]
     Poisoned,
 }
@@ -96,29 +105,29 @@ CREATE INDEX IF NOT EXISTS results_ok ON results (ok, seq);
 impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let fail = |message: String| StoreError::Open {
+        let fail = |source| StoreError::Open {
             path: path.to_owned(),
-            message,
+            source,
         };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                path: path.to_owned(),
+                source,
+            })?;
         }
-        let connection = Connection::open(path).map_err(|e| fail(e.to_string()))?;
+        let connection = Connection::open(path).map_err(fail)?;
         connection
             .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(fail)?;
         // WAL lets readers run beside the writer; FULL makes a commit durable before
         // the result is acked to the broker.
         connection
             .pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(fail)?;
         connection
             .pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| fail(e.to_string()))?;
-        connection
-            .execute_batch(SCHEMA)
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(fail)?;
+        connection.execute_batch(SCHEMA).map_err(fail)?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
         })
@@ -134,8 +143,7 @@ impl Store {
             let mut connection = connection.lock().map_err(|_| StoreError::Poisoned)?;
             work(&mut connection)
         })
-        .await
-        .map_err(|e| StoreError::Join(e.to_string()))?
+        .await?
     }
 
     /// Stores every document in one transaction; returns once it is committed.
@@ -190,7 +198,9 @@ impl Store {
         self.with(move |connection| {
             let order = if query.after.is_some() { "ASC" } else { "DESC" };
             let sql = format!(
-                "SELECT {COLUMNS_SHORT} FROM results
+                "SELECT {COLUMNS_SHORT_HEAD},
+                     CASE WHEN length(result_json) <= {INLINE_RESULT_BYTES} THEN result_json END,
+                     {COLUMNS_TAIL} FROM results
                  WHERE (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR ok = ?2)
                    AND (?3 IS NULL OR seq > ?3) AND (?4 IS NULL OR seq < ?4)
                  ORDER BY seq {order} LIMIT ?5"
@@ -215,7 +225,9 @@ impl Store {
     /// One result with its whole value.
     pub async fn get(&self, id: String) -> Result<Option<StoredResult>, StoreError> {
         self.with(move |connection| {
-            let sql = format!("SELECT {COLUMNS_FULL} FROM results WHERE id = ?1");
+            let sql = format!(
+                "SELECT {COLUMNS_SHORT_HEAD}, result_json, {COLUMNS_TAIL} FROM results WHERE id = ?1"
+            );
             Ok(connection
                 .prepare_cached(&sql)?
                 .query_row(params![id], row_to_result)
@@ -224,17 +236,16 @@ impl Store {
         .await
     }
 
-    /// The whole value of one result as text (`720`, `group A`, `error CODE: message`).
+    /// The whole value of one result as text (`720`, `group A`, `error: CODE: message`).
     pub async fn value_text(&self, id: String) -> Result<Option<String>, StoreError> {
         Ok(self
             .get(id)
             .await?
             .map(|row| match (&row.result, &row.error) {
-                (Some(result), _) => {
-                    serde_json::from_value::<crate::rpc::client::TaskOutput>(result.clone())
-                        .map_or_else(|_| result.to_string(), |output| output.to_string())
-                }
-                _ => row.short,
+                (Some(result), _) => serde_json::from_value::<TaskOutput>(result.clone())
+                    .map_or_else(|_| result.to_string(), |output| output.to_string()),
+                (None, Some(error)) => format!("error: {}: {}", error.code, error.message),
+                (None, None) => row.short,
             }))
     }
 
@@ -248,11 +259,10 @@ impl Store {
     }
 }
 
-const COLUMNS_SHORT: &str = "seq, id, task, kind, ok, short, truncated,
-    CASE WHEN length(result_json) <= 2048 THEN result_json END,
-    error_code, error_message, attempts, processed_at, duration_ms, deliveries";
-const COLUMNS_FULL: &str = "seq, id, task, kind, ok, short, truncated, result_json,
-    error_code, error_message, attempts, processed_at, duration_ms, deliveries";
+/// The columns of [`StoredResult`] around `result_json`, in [`row_to_result`]'s order.
+const COLUMNS_SHORT_HEAD: &str = "seq, id, task, kind, ok, short, truncated";
+const COLUMNS_TAIL: &str =
+    "error_code, error_message, attempts, processed_at, duration_ms, deliveries";
 
 fn row_to_result(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredResult> {
     let result_json: Option<String> = row.get(7)?;
@@ -281,7 +291,6 @@ fn row_to_result(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rpc::client::TaskOutput;
     use crate::task::Task;
 
     fn factorial(id: &str, digits: &str) -> ResultDocument {

@@ -7,14 +7,12 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use serde::Serialize;
 
-use crate::broker::connection::AmqpTarget;
-use crate::broker::produce::Producer;
-use crate::broker::topology::Topology;
-use crate::daemon::config::WebConfig;
+use super::config::{CONNECT_TIMEOUT, WebConfig};
+use crate::amqp::producer::{ProduceError, Producer};
+use crate::amqp::settings::AmqpTarget;
+use crate::amqp::topology::Topology;
+use crate::daemon::logging::error_chain;
 use crate::task::{Task, parse_list, truncate};
-
-/// How long a submit waits to connect to the broker.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What happened to one task of a submit.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -53,10 +51,10 @@ pub enum SubmitError {
         per_minute: u32,
         retry_after_secs: u64,
     },
-    #[error("the broker is unavailable, nothing was published: {0}")]
-    Unavailable(String),
-    #[error("the broker did not confirm every task (some may have been published): {0}")]
-    NotConfirmed(String),
+    #[error("the broker is unavailable, nothing was published")]
+    Unavailable(#[source] ProduceError),
+    #[error("the broker did not confirm every task (some may have been published)")]
+    NotConfirmed(#[source] ProduceError),
 }
 
 impl SubmitError {
@@ -209,34 +207,26 @@ impl Submitter {
     /// returns the ids in task order.
     async fn publish(&self, tasks: &[Task]) -> Result<Vec<String>, SubmitError> {
         let mut cached = self.producer.lock().await;
-        if !cached.as_ref().is_some_and(Producer::is_connected) {
-            if let Some(old) = cached.take() {
-                old.close().await;
-            }
-            let connect = Producer::connect(&self.target, &self.topology, "labmq-web");
-            let producer = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-                Ok(Ok(producer)) => producer,
-                Ok(Err(e)) => return Err(SubmitError::Unavailable(e.to_string())),
-                Err(_) => {
-                    return Err(SubmitError::Unavailable(format!(
-                        "no connection to {} within {CONNECT_TIMEOUT:?}",
-                        self.target.redacted()
-                    )));
+        let producer = match cached.take() {
+            Some(producer) if producer.is_connected() => producer,
+            stale => {
+                if let Some(old) = stale {
+                    old.close().await;
                 }
-            };
-            *cached = Some(producer);
-        }
-        let Some(producer) = cached.as_ref() else {
-            return Err(SubmitError::Unavailable("no producer".into()));
+                Producer::connect(&self.target, &self.topology, "labmq-web", CONNECT_TIMEOUT)
+                    .await
+                    .map_err(SubmitError::Unavailable)?
+            }
         };
+        let producer = cached.insert(producer);
         match producer.publish(tasks, false, self.confirm_timeout).await {
             Ok(published) => Ok(published.into_iter().map(|p| p.id).collect()),
             Err(e) => {
-                tracing::warn!(error = %e, "publishing submitted tasks failed");
+                tracing::warn!(error = %error_chain(&e), "publishing submitted tasks failed");
                 if let Some(old) = cached.take() {
                     old.close().await;
                 }
-                Err(SubmitError::NotConfirmed(e.to_string()))
+                Err(SubmitError::NotConfirmed(e))
             }
         }
     }

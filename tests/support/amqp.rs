@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeleteOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 use tokio::runtime::Runtime;
 
@@ -69,15 +68,7 @@ impl Amqp {
 
     pub fn declare_queue(&self, queue: &str, arguments: FieldTable) {
         self.rt.block_on(async {
-            self.channel
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    arguments,
-                )
+            labmq::amqp::topology::declare_queue(&self.channel, queue, arguments)
                 .await
                 .unwrap_or_else(|e| panic!("declare {queue}: {e}"));
         });
@@ -86,61 +77,42 @@ impl Amqp {
     /// A durable queue bound to the (durable fanout) results exchange, declared before
     /// any task is published so no result can slip past it.
     pub fn bind_results(&self, exchange: &str, queue: &str) {
+        let topology = labmq::amqp::topology::Topology {
+            queue: queue.to_owned(),
+            queue_type: labmq::amqp::topology::QueueType::Classic,
+            results_exchange: exchange.to_owned(),
+        };
         self.rt.block_on(async {
-            self.channel
-                .exchange_declare(
-                    exchange.into(),
-                    ExchangeKind::Fanout,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..ExchangeDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
+            topology
+                .declare_results_queue(&self.channel, queue)
                 .await
-                .expect("declare results exchange");
-        });
-        self.declare_queue(queue, FieldTable::default());
-        self.rt.block_on(async {
-            self.channel
-                .queue_bind(
-                    queue.into(),
-                    exchange.into(),
-                    "".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .expect("bind results queue");
+                .unwrap_or_else(|e| panic!("bind results queue {queue} to {exchange}: {e}"));
         });
     }
 
     /// Publishes `body` to `queue` on the default exchange and waits for the confirm.
     pub fn publish(&self, queue: &str, body: &[u8], properties: BasicProperties) {
-        self.rt.block_on(async {
-            let confirm = self
-                .channel
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    properties,
-                )
-                .await
-                .expect("publish");
-            assert!(confirm.await.expect("confirm").is_ack(), "publish nacked");
-        });
+        self.publish_routed("", queue, body, properties);
     }
 
     /// Publishes `body` to `exchange` (routing key "") and waits for the confirm.
     pub fn publish_to_exchange(&self, exchange: &str, body: &[u8], properties: BasicProperties) {
+        self.publish_routed(exchange, "", body, properties);
+    }
+
+    fn publish_routed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
         self.rt.block_on(async {
             let confirm = self
                 .channel
                 .basic_publish(
                     exchange.into(),
-                    "".into(),
+                    routing_key.into(),
                     BasicPublishOptions::default(),
                     body,
                     properties,
@@ -155,15 +127,7 @@ impl Amqp {
     pub fn ready_count(&self, queue: &str) -> u32 {
         self.rt.block_on(async {
             let channel = self.connection.create_channel().await.expect("channel");
-            let queue = channel
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
+            let queue = labmq::amqp::topology::inspect_queue(&channel, queue)
                 .await
                 .unwrap_or_else(|e| panic!("queue {queue} should exist: {e}"));
             let _ = channel.close(200, "".into()).await;
@@ -324,15 +288,7 @@ async fn count_until_error(
     let Ok(channel) = connection.create_channel().await else {
         return;
     };
-    let Ok(mut consumer) = channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-    else {
+    let Ok(mut consumer) = labmq::amqp::topology::subscribe(&channel, queue).await else {
         return;
     };
     while !stop.load(Ordering::Relaxed) {
@@ -432,7 +388,7 @@ impl Drop for ConsumerSetup {
             format!(
                 "{}{}",
                 self.queue,
-                labmq::broker::topology::DEAD_LETTER_SUFFIX
+                labmq::amqp::topology::DEAD_LETTER_SUFFIX
             ),
         ];
         let exchange = self.results_exchange.clone();

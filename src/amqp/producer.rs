@@ -7,15 +7,16 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 
-use super::BrokerError;
+use super::AmqpError;
 use super::publish::{Publisher, Route, confirmed, persistent};
-use super::result::ResultDocument;
-use super::topology::Topology;
-use crate::task::Task;
+use super::session::bounded_step;
+use super::settings::AmqpTarget;
+use super::topology::{Topology, inspect_queue};
+use crate::task::{ResultDocument, Task};
 
 /// RabbitMQ's pseudo-queue for direct reply-to: no queue to declare or clean up.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -24,15 +25,17 @@ const CONFIRM_WINDOW: usize = 2048;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
-    #[error("{0}")]
-    Unreachable(BrokerError),
     #[error(transparent)]
-    Broker(#[from] BrokerError),
+    Unreachable(AmqpError),
+    #[error(transparent)]
+    Broker(#[from] AmqpError),
     #[error("{} of {total} tasks were not confirmed by the broker: {}", failed.len(), describe(failed))]
     NotConfirmed {
         total: usize,
         failed: Vec<(String, String)>,
     },
+    #[error("waiting for results: the broker closed the reply consumer")]
+    RepliesClosed,
     #[error("timed out waiting for {} of {total} results: {}", missing.len(), missing.join(", "))]
     WaitTimeout { total: usize, missing: Vec<String> },
 }
@@ -69,12 +72,13 @@ impl Producer {
     /// says, and an existing queue declared differently (e.g. a quorum queue while the
     /// producer's config says classic) is used as it is.
     pub async fn connect(
-        target: &super::connection::AmqpTarget,
+        target: &AmqpTarget,
         topology: &Topology,
         client_name: &str,
+        connect_timeout: Duration,
     ) -> Result<Self, ProduceError> {
         let connection = target
-            .connect(client_name)
+            .connect(client_name, connect_timeout)
             .await
             .map_err(ProduceError::Unreachable)?;
         let channel = open_channel(&connection).await?;
@@ -84,7 +88,7 @@ impl Producer {
             Ok(()) => channel,
             Err(declare_error) => {
                 let channel = open_channel(&connection).await?;
-                if !queue_exists(&channel, &topology.queue).await {
+                if inspect_queue(&channel, &topology.queue).await.is_err() {
                     return Err(declare_error.into());
                 }
                 channel
@@ -99,7 +103,7 @@ impl Producer {
     }
 
     /// Starts listening for replies; must come before publishing with `reply_to`.
-    pub async fn listen_for_results(&self) -> Result<lapin::Consumer, BrokerError> {
+    pub async fn listen_for_results(&self) -> Result<lapin::Consumer, AmqpError> {
         self.publisher
             .channel()
             .basic_consume(
@@ -112,7 +116,7 @@ impl Producer {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| BrokerError::amqp("consuming from direct reply-to", e))
+            .map_err(|e| AmqpError::amqp("consuming from direct reply-to", e))
     }
 
     /// Publishes every task, many in flight, and returns them once all are confirmed.
@@ -152,7 +156,7 @@ impl Producer {
                 let outcome = tokio::time::timeout(confirm_timeout, confirmed(confirm, &target))
                     .await
                     .unwrap_or_else(|_| {
-                        Err(BrokerError::NotConfirmed {
+                        Err(AmqpError::NotConfirmed {
                             target,
                             reason: format!("no confirm within {confirm_timeout:?}"),
                         })
@@ -181,8 +185,14 @@ impl Producer {
         self.connection.status().connected()
     }
 
+    /// Closes the connection, waiting at most [`CLOSE_BOUND`](super::session::CLOSE_BOUND)
+    /// for the broker.
     pub async fn close(self) {
-        let _ = self.connection.close(200, "done".into()).await;
+        bounded_step(
+            "closing the broker connection",
+            self.connection.close(200, "done".into()),
+        )
+        .await;
     }
 }
 
@@ -191,7 +201,7 @@ async fn collect_one<F>(
     published: &[Published],
     failed: &mut Vec<(String, String)>,
 ) where
-    F: std::future::Future<Output = (usize, Result<(), BrokerError>)>,
+    F: std::future::Future<Output = (usize, Result<(), AmqpError>)>,
 {
     if let Some((index, Err(e))) = pending.next().await {
         let task = published
@@ -218,13 +228,9 @@ pub async fn wait_for_results(
         let delivery = match next {
             Err(_) => break,
             Ok(None) => {
-                return Err(BrokerError::Amqp {
-                    operation: "waiting for results".into(),
-                    message: "reply consumer closed".into(),
-                }
-                .into());
+                return Err(ProduceError::RepliesClosed);
             }
-            Ok(Some(Err(e))) => return Err(BrokerError::amqp("waiting for results", e).into()),
+            Ok(Some(Err(e))) => return Err(AmqpError::amqp("waiting for results", e).into()),
             Ok(Some(Ok(delivery))) => delivery,
         };
         let Some(correlation) = delivery.properties.correlation_id().as_ref() else {
@@ -249,24 +255,9 @@ pub async fn wait_for_results(
     })
 }
 
-async fn open_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+async fn open_channel(connection: &Connection) -> Result<Channel, AmqpError> {
     connection
         .create_channel()
         .await
-        .map_err(|e| BrokerError::amqp("opening a channel", e))
-}
-
-/// A passive declare: true if `queue` exists, whatever its arguments.
-async fn queue_exists(channel: &Channel, queue: &str) -> bool {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .is_ok()
+        .map_err(|e| AmqpError::amqp("opening a channel", e))
 }

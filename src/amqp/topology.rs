@@ -2,12 +2,14 @@
 //! declares it (`queue_declare('task_queue', durable=True)`, no arguments), so either
 //! side may declare first; `queue_type = "quorum"` opts into a quorum queue instead.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 use serde::{Deserialize, Serialize};
 
-use super::BrokerError;
+use super::AmqpError;
 
 pub const DEFAULT_QUEUE: &str = "task_queue";
 pub const DEFAULT_RESULTS_EXCHANGE: &str = "labmq.results";
@@ -48,18 +50,18 @@ impl Topology {
     }
 
     /// The task queue only: what a producer needs.
-    pub async fn declare_task_queue(&self, channel: &Channel) -> Result<(), BrokerError> {
+    pub async fn declare_task_queue(&self, channel: &Channel) -> Result<(), AmqpError> {
         declare_queue(channel, &self.queue, self.queue_arguments()).await
     }
 
     /// Everything the consumer touches: task queue, dead-letter queue, results exchange.
-    pub async fn declare_all(&self, channel: &Channel) -> Result<(), BrokerError> {
+    pub async fn declare_all(&self, channel: &Channel) -> Result<(), AmqpError> {
         self.declare_task_queue(channel).await?;
         declare_queue(channel, &self.dead_letter_queue(), self.queue_arguments()).await?;
         self.declare_results_exchange(channel).await
     }
 
-    pub async fn declare_results_exchange(&self, channel: &Channel) -> Result<(), BrokerError> {
+    pub async fn declare_results_exchange(&self, channel: &Channel) -> Result<(), AmqpError> {
         channel
             .exchange_declare(
                 self.results_exchange.as_str().into(),
@@ -72,7 +74,7 @@ impl Topology {
             )
             .await
             .map_err(|e| {
-                BrokerError::amqp(format!("declaring exchange {:?}", self.results_exchange), e)
+                AmqpError::amqp(format!("declaring exchange {:?}", self.results_exchange), e)
             })
     }
 
@@ -82,7 +84,7 @@ impl Topology {
         &self,
         channel: &Channel,
         queue: &str,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), AmqpError> {
         self.declare_results_exchange(channel).await?;
         declare_queue(channel, queue, self.queue_arguments()).await?;
         channel
@@ -94,15 +96,16 @@ impl Topology {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| BrokerError::amqp(format!("binding queue {queue:?}"), e))
+            .map_err(|e| AmqpError::amqp(format!("binding queue {queue:?}"), e))
     }
 }
 
-async fn declare_queue(
+/// A durable queue with `arguments` (none: what a plain client declares).
+pub async fn declare_queue(
     channel: &Channel,
     queue: &str,
     arguments: FieldTable,
-) -> Result<(), BrokerError> {
+) -> Result<(), AmqpError> {
     channel
         .queue_declare(
             queue.into(),
@@ -114,5 +117,34 @@ async fn declare_queue(
         )
         .await
         .map(|_| ())
-        .map_err(|e| BrokerError::amqp(format!("declaring queue {queue:?}"), e))
+        .map_err(|e| AmqpError::amqp(format!("declaring queue {queue:?}"), e))
+}
+
+/// A passive declare: the queue with its message and consumer counts, or an error if it
+/// does not exist (which closes `channel`, as AMQP does for any failed declare).
+pub async fn inspect_queue(channel: &Channel, queue: &str) -> Result<lapin::Queue, AmqpError> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| AmqpError::amqp(format!("looking up queue {queue:?}"), e))
+}
+
+/// Subscribes to `queue` with manual acks.
+pub async fn subscribe(channel: &Channel, queue: &str) -> Result<lapin::Consumer, AmqpError> {
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| AmqpError::amqp(format!("consuming from {queue:?}"), e))
 }

@@ -1,63 +1,33 @@
-//! `labmq-consumer`: the consumer loop. One long-lived connection and gRPC client; up to
-//! `concurrency` tasks in flight; each delivery acked only after its results (and, for a
-//! bad message, its dead-letter copy) are confirmed by the broker. A lost connection or a
-//! cancelled subscription is followed by reconnect, redeclare and resume.
+//! One broker connection's worth of consuming: declare, subscribe, run up to
+//! `concurrency` tasks at once, ack each delivery only after its results are confirmed,
+//! and on SIGTERM drain within the grace period and requeue the rest.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Connection};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::ShortString;
+use lapin::{Channel, Connection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::AmqpTarget;
+use super::config::ConsumerConfig;
 use super::handle::{Handler, RetryPolicy, Verdict, derived_id};
-use super::publish::{Publisher, Route, confirmed, header, unix_now};
-use super::result::{ErrorInfo, ResultDocument};
 use super::status::StatusBoard;
-use super::topology::Topology;
-use super::{BrokerError, backoff};
-use crate::daemon::config::ConsumerConfig;
+use crate::amqp::AmqpError;
+use crate::amqp::publish::{Publisher, Route, confirmed, header, persistent};
+use crate::amqp::session::{Link, Session, SessionEnd, bounded_step};
+use crate::amqp::settings::AmqpTarget;
+use crate::amqp::topology::{Topology, subscribe};
 use crate::daemon::systemd;
-use crate::rpc::client::{ClientError, ClientOptions, ComputeClient};
-use crate::task::truncate;
+use crate::grpc::client::ComputeClient;
+use crate::task::{ErrorInfo, ResultDocument, now_rfc3339, truncate};
 
 /// How long tasks that were told to give up may take to requeue their message.
 const GIVE_UP_BOUND: Duration = Duration::from_secs(5);
-/// Bound on each broker operation of the shutdown path, so a broker that stopped
-/// answering cannot keep the process from exiting (unacked messages are requeued by the
-/// broker when the connection goes anyway).
-const SHUTDOWN_STEP_BOUND: Duration = Duration::from_secs(5);
-
-/// Runs one shutdown step with [`SHUTDOWN_STEP_BOUND`], logging a failure or time-out.
-async fn bounded_step<T>(
-    what: &str,
-    step: impl std::future::Future<Output = Result<T, lapin::Error>>,
-) {
-    match tokio::time::timeout(SHUTDOWN_STEP_BOUND, step).await {
-        Ok(Ok(_)) => tracing::debug!("{what}: done"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "{what} failed"),
-        Err(_) => {
-            tracing::warn!("{what}: no answer from the broker within {SHUTDOWN_STEP_BOUND:?}")
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConsumerError {
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
-    #[error(transparent)]
-    Client(#[from] ClientError),
-}
 
 /// What every in-flight task shares.
 struct Context {
@@ -68,113 +38,52 @@ struct Context {
     broken: CancellationToken,
 }
 
-enum SessionEnd {
-    Shutdown,
-    Lost(String),
+pub(super) struct ConsumeSession {
+    config: ConsumerConfig,
+    broker: String,
+    client: Arc<ComputeClient>,
+    topology: Topology,
+    status: Arc<StatusBoard>,
+    ready_sent: bool,
 }
 
-pub async fn run(
-    config: &ConsumerConfig,
-    shutdown: CancellationToken,
-) -> Result<(), ConsumerError> {
-    let target = AmqpTarget::new(
-        &config.amqp_url,
-        Some(&config.amqp_password),
-        (!config.amqp_password_file.is_empty()).then(|| Path::new(&config.amqp_password_file)),
-    )?;
-    let client = Arc::new(ComputeClient::lazy(
-        &config.grpc_targets,
-        &ClientOptions {
-            request_timeout: Duration::from_secs(config.grpc_timeout_secs),
-            ..ClientOptions::default()
-        },
-    )?);
-    let topology = Topology {
-        queue: config.queue.clone(),
-        queue_type: config.queue_type,
-        results_exchange: config.results_exchange.clone(),
-    };
-    let status = Arc::new(StatusBoard::default());
-    systemd::spawn_watchdog(shutdown.clone());
-
-    let mut ready_sent = false;
-    let mut delays = backoff::delays(
-        Duration::from_millis(500),
-        Duration::from_secs(config.reconnect_max_secs),
-    );
-    let mut outage: Option<String> = None;
-    loop {
-        if shutdown.is_cancelled() {
-            break;
-        }
-        let session = Session {
-            config,
-            target: &target,
-            client: client.clone(),
-            topology: &topology,
-            status: status.clone(),
-            shutdown: &shutdown,
-        };
-        let end = session.run(&mut ready_sent).await;
-        let reason = match end {
-            Ok(SessionEnd::Shutdown) => break,
-            Ok(SessionEnd::Lost(reason)) => reason,
-            Err(e) => e.to_string(),
-        };
-        if outage.as_deref() != Some(reason.as_str()) {
-            tracing::warn!(broker = %target.redacted(), error = %reason, "broker unavailable; reconnecting with backoff");
-        } else {
-            tracing::debug!(error = %reason, "reconnect attempt failed");
-        }
-        outage = Some(reason.clone());
-        status.broker(format!("reconnecting to {} ({reason})", target.redacted()));
-        let delay = delays
-            .next()
-            .unwrap_or(Duration::from_secs(config.reconnect_max_secs));
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(delay) => {}
+impl ConsumeSession {
+    pub(super) fn new(
+        config: &ConsumerConfig,
+        target: &AmqpTarget,
+        client: Arc<ComputeClient>,
+        status: Arc<StatusBoard>,
+    ) -> Self {
+        Self {
+            config: config.clone(),
+            broker: target.redacted(),
+            client,
+            topology: config.amqp.topology(),
+            status,
+            ready_sent: false,
         }
     }
-    systemd::stopping("stopped");
-    tracing::info!("labmq-consumer stopped");
-    Ok(())
 }
 
-struct Session<'a> {
-    config: &'a ConsumerConfig,
-    target: &'a AmqpTarget,
-    client: Arc<ComputeClient>,
-    topology: &'a Topology,
-    status: Arc<StatusBoard>,
-    shutdown: &'a CancellationToken,
-}
-
-impl Session<'_> {
-    async fn run(self, ready_sent: &mut bool) -> Result<SessionEnd, BrokerError> {
-        let config = self.config;
-        self.status
-            .broker(format!("connecting to {}", self.target.redacted()));
-        let connection = self.target.connect("labmq-consumer").await?;
-        let publisher = Publisher::open(&connection).await?;
+impl Session for ConsumeSession {
+    async fn run(
+        &mut self,
+        connection: &Connection,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, AmqpError> {
+        let config = &self.config;
+        let queue = self.topology.queue.as_str();
+        let publisher = Publisher::open(connection).await?;
         self.topology.declare_all(publisher.channel()).await?;
         let channel = connection
             .create_channel()
             .await
-            .map_err(|e| BrokerError::amqp("opening the consume channel", e))?;
+            .map_err(|e| AmqpError::amqp("opening the consume channel", e))?;
         channel
             .basic_qos(config.prefetch, BasicQosOptions::default())
             .await
-            .map_err(|e| BrokerError::amqp("setting prefetch", e))?;
-        let mut consumer = channel
-            .basic_consume(
-                config.queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| BrokerError::amqp(format!("consuming from {:?}", config.queue), e))?;
+            .map_err(|e| AmqpError::amqp("setting prefetch", e))?;
+        let mut consumer = subscribe(&channel, queue).await?;
 
         // Tasks stop retrying when this fires: the grace period is over, or the session
         // is gone and their acks could not reach the broker anyway.
@@ -195,15 +104,13 @@ impl Session<'_> {
             broken: CancellationToken::new(),
         });
 
-        self.status.broker(format!(
-            "consuming from {} on {}",
-            config.queue,
-            self.target.redacted()
-        ));
-        tracing::info!(queue = %config.queue, broker = %self.target.redacted(), prefetch = config.prefetch, concurrency = config.concurrency, "consuming from {} on {}", config.queue, self.target.redacted());
-        if !*ready_sent {
+        let broker = &self.broker;
+        self.status
+            .broker(format!("consuming from {queue} on {broker}"));
+        tracing::info!(queue, broker = %broker, prefetch = config.prefetch, concurrency = config.concurrency, "consuming from {queue} on {broker}");
+        if !self.ready_sent {
             systemd::ready(&self.status.line());
-            *ready_sent = true;
+            self.ready_sent = true;
         }
 
         let slots = Arc::new(Semaphore::new(config.concurrency));
@@ -211,7 +118,7 @@ impl Session<'_> {
         let end = loop {
             while in_flight.try_join_next().is_some() {}
             let permit = tokio::select! {
-                () = self.shutdown.cancelled() => break SessionEnd::Shutdown,
+                () = shutdown.cancelled() => break SessionEnd::Shutdown,
                 () = context.broken.cancelled() => break SessionEnd::Lost("publishing failed".into()),
                 permit = slots.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
@@ -219,7 +126,7 @@ impl Session<'_> {
                 },
             };
             tokio::select! {
-                () = self.shutdown.cancelled() => break SessionEnd::Shutdown,
+                () = shutdown.cancelled() => break SessionEnd::Shutdown,
                 () = context.broken.cancelled() => break SessionEnd::Lost("publishing failed".into()),
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
@@ -242,15 +149,25 @@ impl Session<'_> {
                 in_flight.abort_all();
             }
         }
-        close(&connection).await;
         Ok(end)
     }
 
+    fn link(&self, state: Link<'_>) {
+        match state {
+            Link::Connecting => self.status.broker(format!("connecting to {}", self.broker)),
+            Link::Reconnecting { reason } => self
+                .status
+                .broker(format!("reconnecting to {} ({reason})", self.broker)),
+        }
+    }
+}
+
+impl ConsumeSession {
     /// SIGTERM: stop deliveries, let in-flight tasks finish within the grace period, then
     /// requeue everything still unacked.
     async fn drain(
         &self,
-        channel: &lapin::Channel,
+        channel: &Channel,
         tag: ShortString,
         in_flight: &mut JoinSet<()>,
         give_up: &CancellationToken,
@@ -296,14 +213,6 @@ impl Session<'_> {
     }
 }
 
-async fn close(connection: &Connection) {
-    bounded_step(
-        "closing the broker connection",
-        connection.close(200, "labmq-consumer closing".into()),
-    )
-    .await;
-}
-
 async fn process(delivery: Delivery, _slot: OwnedSemaphorePermit, context: Arc<Context>) {
     let properties = &delivery.properties;
     let message_id = properties
@@ -346,7 +255,7 @@ async fn deliver(
     delivery: &Delivery,
     results: &[ResultDocument],
     dead_letter: Option<&ErrorInfo>,
-) -> Result<(), BrokerError> {
+) -> Result<(), AmqpError> {
     let properties = &delivery.properties;
     let reply_to = properties
         .reply_to()
@@ -362,11 +271,7 @@ async fn deliver(
     let mut pending = Vec::with_capacity(results.len() * 2 + 1);
     for document in results {
         let body = document.to_json();
-        let result_properties = BasicProperties::default()
-            .with_delivery_mode(super::publish::PERSISTENT)
-            .with_content_type("application/json".into())
-            .with_message_id(document.id.as_str().into())
-            .with_timestamp(unix_now());
+        let result_properties = persistent("application/json", &document.id);
         pending.push((
             context
                 .publisher
@@ -408,15 +313,11 @@ async fn deliver(
             "x-labmq-original-queue",
             context.topology.queue.as_str(),
         );
-        header(
-            &mut headers,
-            "x-labmq-dead-lettered-at",
-            super::result::now_rfc3339(),
-        );
+        header(&mut headers, "x-labmq-dead-lettered-at", now_rfc3339());
         let dead_properties = properties
             .clone()
             .with_headers(headers)
-            .with_delivery_mode(super::publish::PERSISTENT);
+            .with_delivery_mode(crate::amqp::publish::PERSISTENT);
         let dead_route = Route {
             exchange: "",
             routing_key: &queue,
@@ -452,33 +353,20 @@ async fn requeue(delivery: &Delivery, message_id: &str) {
 fn log_processed(document: &ResultDocument, redelivered: bool) {
     let kind = document.kind.map_or("none", |k| k.as_str());
     let task = truncate(&document.task, 80);
+    let (ms, attempts) = (document.duration_ms, document.attempts);
+    // The short journal view shows only the message, so it says what matters.
     match &document.error {
         None => tracing::info!(
-            task_id = %document.id,
-            kind,
-            ok = true,
-            duration_ms = document.duration_ms,
-            attempts = document.attempts,
-            redelivered,
-            task = %task,
-            // The short journal view shows only the message, so it says what matters.
-            "task processed: {task} ({kind}) in {} ms, {} attempt(s)",
-            document.duration_ms,
-            document.attempts
+            task_id = %document.id, kind, ok = true, duration_ms = ms, attempts, redelivered,
+            "task processed: {task} ({kind}) in {ms} ms, {attempts} attempt(s)"
         ),
-        Some(error) => tracing::warn!(
-            task_id = %document.id,
-            kind,
-            ok = false,
-            duration_ms = document.duration_ms,
-            attempts = document.attempts,
-            redelivered,
-            task = %task,
-            error_code = %error.code,
-            error = %truncate(&error.message, 200),
-            "task failed; message dead-lettered: {task} ({kind}) {}: {}",
-            error.code,
-            truncate(&error.message, 200)
-        ),
+        Some(error) => {
+            let reason = truncate(&error.message, 200);
+            tracing::warn!(
+                task_id = %document.id, kind, ok = false, duration_ms = ms, attempts, redelivered,
+                error_code = %error.code, error = %reason,
+                "task failed; message dead-lettered: {task} ({kind}) {}: {reason}", error.code
+            );
+        }
     }
 }

@@ -8,14 +8,13 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::rpc::MAX_RESPONSE_BYTES;
-use crate::rpc::proto::{
+use super::MAX_RESPONSE_BYTES;
+use super::proto::{
     AbRequest, FactorialRequest, MessageRequest, TextRequest,
     message_service_client::MessageServiceClient,
 };
-use crate::task::Task;
+use crate::task::{ErrorInfo, Task, TaskOutput};
 
-pub const DEFAULT_TARGET: &str = "http://127.0.0.1:50051";
 /// How long an address that failed with a transient error is passed over.
 const DOWN_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -23,10 +22,18 @@ const DOWN_BACKOFF: Duration = Duration::from_millis(500);
 pub enum ClientError {
     #[error("no gRPC server address given")]
     NoTargets,
-    #[error("invalid gRPC server address {target:?}: {message}")]
-    BadTarget { target: String, message: String },
-    #[error("cannot connect to gRPC server {target}: {message}")]
-    Unreachable { target: String, message: String },
+    #[error("invalid gRPC server address {target:?}")]
+    BadTarget {
+        target: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("cannot connect to gRPC server {target}")]
+    Unreachable {
+        target: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
 }
 
 /// Whether a failed call may succeed when tried again later.
@@ -96,30 +103,11 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// A successful answer, one variant per method. Serialised (untagged) it is the `result`
-/// object of the result document: the method's response fields.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(untagged)]
-pub enum TaskOutput {
-    Group { group: String },
-    Factorial { result: String },
-    Letter { letter: String, count: u64 },
-    Processed { processed_text: String },
-}
-
-impl TaskOutput {
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or_default()
-    }
-}
-
-impl std::fmt::Display for TaskOutput {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TaskOutput::Group { group } => write!(f, "group {group}"),
-            TaskOutput::Factorial { result } => f.write_str(result),
-            TaskOutput::Letter { letter, count } => write!(f, "{letter} ({count} times)"),
-            TaskOutput::Processed { processed_text } => f.write_str(processed_text),
+impl From<&CallError> for ErrorInfo {
+    fn from(error: &CallError) -> Self {
+        ErrorInfo {
+            code: error.code.clone(),
+            message: error.message.clone(),
         }
     }
 }
@@ -140,7 +128,6 @@ impl Default for ClientOptions {
 }
 
 struct Target {
-    address: String,
     client: MessageServiceClient<Channel>,
     down_until: Mutex<Option<Instant>>,
 }
@@ -178,10 +165,10 @@ pub fn normalize_target(target: &str) -> String {
 
 fn endpoint(target: &str, options: &ClientOptions) -> Result<Endpoint, ClientError> {
     let address = normalize_target(target);
-    Endpoint::from_shared(address.clone())
-        .map_err(|e| ClientError::BadTarget {
+    Endpoint::from_shared(address)
+        .map_err(|source| ClientError::BadTarget {
             target: target.to_owned(),
-            message: e.to_string(),
+            source,
         })
         .map(|e| {
             e.connect_timeout(options.connect_timeout)
@@ -206,7 +193,6 @@ impl ComputeClient {
             .iter()
             .map(|t| {
                 endpoint(t, options).map(|e| Target {
-                    address: normalize_target(t),
                     client: wrap(e.connect_lazy()),
                     down_until: Mutex::new(None),
                 })
@@ -225,16 +211,12 @@ impl ComputeClient {
             endpoint(target, options)?
                 .connect()
                 .await
-                .map_err(|e| ClientError::Unreachable {
+                .map_err(|source| ClientError::Unreachable {
                     target: normalize_target(target),
-                    message: error_chain(&e),
+                    source,
                 })?;
         }
         Ok(client)
-    }
-
-    pub fn addresses(&self) -> impl Iterator<Item = &str> {
-        self.targets.iter().map(|t| t.address.as_str())
     }
 
     /// Runs `task` on one server, moving on to the next address when one fails
@@ -249,28 +231,37 @@ impl ComputeClient {
             .collect();
         order.sort_by_key(|t| t.is_down(now));
 
-        let mut last_error = None;
-        for target in order {
-            match call(target.client.clone(), task).await {
-                Ok(output) => {
-                    target.mark(false);
-                    return Ok(output);
-                }
-                Err(status) => {
-                    let error = CallError::from(status);
-                    if !error.is_transient() {
-                        return Err(error);
-                    }
-                    target.mark(true);
-                    last_error = Some(error);
-                }
+        let Some((last, healthy_first)) = order.split_last() else {
+            return Err(CallError {
+                code: "UNAVAILABLE".into(),
+                message: "no gRPC server configured".into(),
+                failure: Failure::Transient,
+            });
+        };
+        for target in healthy_first {
+            match target.call(task).await {
+                Err(error) if error.is_transient() => continue,
+                outcome => return outcome,
             }
         }
-        Err(last_error.unwrap_or(CallError {
-            code: "UNAVAILABLE".into(),
-            message: "no gRPC server configured".into(),
-            failure: Failure::Transient,
-        }))
+        last.call(task).await
+    }
+}
+
+impl Target {
+    /// One call; marks the address down after a transient failure, up after an answer.
+    async fn call(&self, task: &Task) -> Result<TaskOutput, CallError> {
+        match call(self.client.clone(), task).await {
+            Ok(output) => {
+                self.mark(false);
+                Ok(output)
+            }
+            Err(status) => {
+                let error = CallError::from(status);
+                self.mark(error.is_transient());
+                Err(error)
+            }
+        }
     }
 }
 
@@ -286,24 +277,24 @@ async fn call(
                 .into_inner()
                 .result,
         },
-        Task::MostFrequentLetter(text) => {
+        Task::FrequentLetter(text) => {
             let reply = client
                 .most_frequent_letter(TextRequest { text: text.clone() })
                 .await?
                 .into_inner();
-            TaskOutput::Letter {
+            TaskOutput::FrequentLetter {
                 letter: reply.letter,
                 count: reply.count,
             }
         }
-        Task::Upper(text) => TaskOutput::Processed {
+        Task::Upper(text) => TaskOutput::Upper {
             processed_text: client
                 .process_message(MessageRequest { text: text.clone() })
                 .await?
                 .into_inner()
                 .processed_text,
         },
-        Task::AssignAb(user_id) => TaskOutput::Group {
+        Task::Ab(user_id) => TaskOutput::Ab {
             group: client
                 .assign_ab(AbRequest {
                     user_id: user_id.clone(),
@@ -313,16 +304,4 @@ async fn call(
                 .group,
         },
     })
-}
-
-/// An error with its causes, on one line (tonic's top-level message alone is vague).
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

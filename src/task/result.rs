@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::rpc::client::{CallError, TaskOutput};
-use crate::task::{Task, TaskKind, truncate};
+use super::grammar::{Task, TaskKind, truncate};
+use super::output::TaskOutput;
 
 /// Task texts in result documents are cut to this many characters (a 10 MB body must not
 /// become a 10 MB result).
@@ -114,15 +114,6 @@ fn render_result(result: &serde_json::Value) -> String {
         .map_or_else(|_| result.to_string(), |output| output.to_string())
 }
 
-impl From<&CallError> for ErrorInfo {
-    fn from(error: &CallError) -> Self {
-        ErrorInfo {
-            code: error.code.clone(),
-            message: error.message.clone(),
-        }
-    }
-}
-
 fn round_ms(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
 }
@@ -180,8 +171,8 @@ mod tests {
     fn summaries_of_each_kind() {
         let letter = ResultDocument::success(
             "i".into(),
-            &Task::MostFrequentLetter("abracadabra".into()),
-            &TaskOutput::Letter {
+            &Task::FrequentLetter("abracadabra".into()),
+            &TaskOutput::FrequentLetter {
                 letter: "a".into(),
                 count: 5,
             },
@@ -191,8 +182,8 @@ mod tests {
         assert_eq!(letter.summary(), "freq:abracadabra => a (5 times)");
         let group = ResultDocument::success(
             "i".into(),
-            &Task::AssignAb("user42".into()),
-            &TaskOutput::Group { group: "A".into() },
+            &Task::Ab("user42".into()),
+            &TaskOutput::Ab { group: "A".into() },
             1,
             0.0,
         );

@@ -7,7 +7,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 
-use super::BrokerError;
+use super::AmqpError;
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
 pub const PERSISTENT: u8 = 2;
@@ -38,20 +38,20 @@ impl Route<'_> {
 }
 
 impl Publisher {
-    pub async fn open(connection: &Connection) -> Result<Self, BrokerError> {
+    pub async fn open(connection: &Connection) -> Result<Self, AmqpError> {
         let channel = connection
             .create_channel()
             .await
-            .map_err(|e| BrokerError::amqp("opening a channel", e))?;
+            .map_err(|e| AmqpError::amqp("opening a channel", e))?;
         Self::on(channel).await
     }
 
     /// Puts `channel` into confirm mode and publishes on it.
-    pub async fn on(channel: Channel) -> Result<Self, BrokerError> {
+    pub async fn on(channel: Channel) -> Result<Self, AmqpError> {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|e| BrokerError::amqp("enabling publisher confirms", e))?;
+            .map_err(|e| AmqpError::amqp("enabling publisher confirms", e))?;
         Ok(Self { channel })
     }
 
@@ -66,7 +66,7 @@ impl Publisher {
         route: &Route<'_>,
         body: &[u8],
         properties: BasicProperties,
-    ) -> Result<PublisherConfirm, BrokerError> {
+    ) -> Result<PublisherConfirm, AmqpError> {
         self.channel
             .basic_publish(
                 route.exchange.into(),
@@ -79,13 +79,13 @@ impl Publisher {
                 properties,
             )
             .await
-            .map_err(|e| BrokerError::amqp(format!("publishing to {}", route.describe()), e))
+            .map_err(|e| AmqpError::amqp(format!("publishing to {}", route.describe()), e))
     }
 }
 
 /// Waits for one confirm: Ok only for an ack of a message that was not returned.
-pub async fn confirmed(pending: PublisherConfirm, target: &str) -> Result<(), BrokerError> {
-    let not_confirmed = |reason: String| BrokerError::NotConfirmed {
+pub async fn confirmed(pending: PublisherConfirm, target: &str) -> Result<(), AmqpError> {
+    let not_confirmed = |reason: String| AmqpError::NotConfirmed {
         target: target.to_owned(),
         reason,
     };

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 pub const DEFAULT_MAX_TEXT_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LettersError {
+pub enum FrequentLetterError {
     #[error("text contains no letters")]
     NoLetters,
     #[error("text is {len} bytes, over the limit of {max} bytes (max_text_bytes)")]
@@ -22,9 +22,12 @@ pub struct LetterCount {
 
 /// Letters are chars with the Unicode `Alphabetic` property, compared by their lower-case
 /// form; digits, spaces and punctuation are ignored. Ties go to the letter seen first.
-pub fn most_frequent_letter(text: &str, max_bytes: usize) -> Result<LetterCount, LettersError> {
+pub fn most_frequent_letter(
+    text: &str,
+    max_bytes: usize,
+) -> Result<LetterCount, FrequentLetterError> {
     if text.len() > max_bytes {
-        return Err(LettersError::TooLong {
+        return Err(FrequentLetterError::TooLong {
             len: text.len(),
             max: max_bytes,
         });
@@ -47,14 +50,14 @@ pub fn most_frequent_letter(text: &str, max_bytes: usize) -> Result<LetterCount,
             count_a.cmp(count_b).then(first_b.cmp(first_a))
         })
         .map(|(letter, (count, _))| LetterCount { letter, count })
-        .ok_or(LettersError::NoLetters)
+        .ok_or(FrequentLetterError::NoLetters)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn run(text: &str) -> Result<(String, u64), LettersError> {
+    fn run(text: &str) -> Result<(String, u64), FrequentLetterError> {
         most_frequent_letter(text, DEFAULT_MAX_TEXT_BYTES).map(|r| (r.letter, r.count))
     }
 
@@ -89,10 +92,10 @@ mod tests {
 
     #[test]
     fn no_letters_is_an_error() {
-        assert_eq!(run(""), Err(LettersError::NoLetters));
-        assert_eq!(run("123 !?"), Err(LettersError::NoLetters));
+        assert_eq!(run(""), Err(FrequentLetterError::NoLetters));
+        assert_eq!(run("123 !?"), Err(FrequentLetterError::NoLetters));
         assert_eq!(
-            LettersError::NoLetters.to_string(),
+            FrequentLetterError::NoLetters.to_string(),
             "text contains no letters"
         );
     }
@@ -100,7 +103,7 @@ mod tests {
     #[test]
     fn over_limit_names_the_limit() {
         let err = most_frequent_letter("abcdef", 5).unwrap_err();
-        assert_eq!(err, LettersError::TooLong { len: 6, max: 5 });
+        assert_eq!(err, FrequentLetterError::TooLong { len: 6, max: 5 });
         assert!(err.to_string().contains("max_text_bytes"));
         assert!(most_frequent_letter("abcde", 5).is_ok());
     }

@@ -1,15 +1,5 @@
-//! The task grammar shared by `labmq-call`, `labmq-produce`, the consumer and the web form.
-//!
-//! ```text
-//! list := task ("," task)*
-//! task := "fact:" INTEGER        -> Factorial
-//!       | "freq:" TEXT           -> MostFrequentLetter
-//!       | "upper:" TEXT          -> ProcessMessage
-//!       | USER_ID                -> AssignAB (anything else)
-//! ```
-//! Items of a list are trimmed; empty items between commas are skipped. Range checks
-//! (negative or too large `n`, texts without letters) belong to the server, whose limits are
-//! configurable, so a task that parses here can still be refused there.
+//! The task grammar: parsing one task or a comma-separated list, and the canonical text
+//! form of a task.
 
 use std::fmt;
 
@@ -17,9 +7,9 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Task {
     Factorial(i64),
-    MostFrequentLetter(String),
+    FrequentLetter(String),
     Upper(String),
-    AssignAb(String),
+    Ab(String),
 }
 
 /// The result document's `kind` field; stable, part of the wire format.
@@ -78,20 +68,20 @@ impl Task {
                 .map_err(|_| TaskParseError::NotAnInteger(truncate(number, 40)));
         }
         if let Some(text) = input.strip_prefix(FREQ) {
-            return non_empty(text, FREQ).map(Task::MostFrequentLetter);
+            return non_empty(text, FREQ).map(Task::FrequentLetter);
         }
         if let Some(text) = input.strip_prefix(UPPER) {
             return non_empty(text, UPPER).map(Task::Upper);
         }
-        Ok(Task::AssignAb(input.to_owned()))
+        Ok(Task::Ab(input.to_owned()))
     }
 
     pub fn kind(&self) -> TaskKind {
         match self {
             Task::Factorial(_) => TaskKind::Factorial,
-            Task::MostFrequentLetter(_) => TaskKind::FrequentLetter,
+            Task::FrequentLetter(_) => TaskKind::FrequentLetter,
             Task::Upper(_) => TaskKind::Upper,
-            Task::AssignAb(_) => TaskKind::Ab,
+            Task::Ab(_) => TaskKind::Ab,
         }
     }
 }
@@ -101,9 +91,9 @@ impl fmt::Display for Task {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Task::Factorial(n) => write!(f, "{FACT}{n}"),
-            Task::MostFrequentLetter(text) => write!(f, "{FREQ}{text}"),
+            Task::FrequentLetter(text) => write!(f, "{FREQ}{text}"),
             Task::Upper(text) => write!(f, "{UPPER}{text}"),
-            Task::AssignAb(user_id) => f.write_str(user_id),
+            Task::Ab(user_id) => f.write_str(user_id),
         }
     }
 }
@@ -150,17 +140,17 @@ mod tests {
         assert_eq!(Task::parse("fact:-5"), Ok(Task::Factorial(-5)));
         assert_eq!(
             Task::parse("freq:abracadabra"),
-            Ok(Task::MostFrequentLetter("abracadabra".into()))
+            Ok(Task::FrequentLetter("abracadabra".into()))
         );
         assert_eq!(Task::parse("upper:hello"), Ok(Task::Upper("hello".into())));
-        assert_eq!(Task::parse("user42"), Ok(Task::AssignAb("user42".into())));
+        assert_eq!(Task::parse("user42"), Ok(Task::Ab("user42".into())));
     }
 
     #[test]
     fn whitespace_around_task_is_ignored_but_inner_text_kept() {
         assert_eq!(Task::parse("  fact: 7 "), Ok(Task::Factorial(7)));
         assert_eq!(Task::parse("upper:a b"), Ok(Task::Upper("a b".into())));
-        assert_eq!(Task::parse(" user 1 "), Ok(Task::AssignAb("user 1".into())));
+        assert_eq!(Task::parse(" user 1 "), Ok(Task::Ab("user 1".into())));
     }
 
     #[test]
@@ -187,7 +177,7 @@ mod tests {
     #[test]
     fn prefixes_are_case_sensitive() {
         // "FACT:6" is not the factorial prefix, so it is a user id, as the grammar says.
-        assert_eq!(Task::parse("FACT:6"), Ok(Task::AssignAb("FACT:6".into())));
+        assert_eq!(Task::parse("FACT:6"), Ok(Task::Ab("FACT:6".into())));
     }
 
     #[test]
@@ -200,11 +190,11 @@ mod tests {
         assert_eq!(
             tasks,
             vec![
-                ("user42", Ok(Task::AssignAb("user42".into()))),
+                ("user42", Ok(Task::Ab("user42".into()))),
                 ("fact:6", Ok(Task::Factorial(6))),
                 (
                     "freq:abracadabra",
-                    Ok(Task::MostFrequentLetter("abracadabra".into()))
+                    Ok(Task::FrequentLetter("abracadabra".into()))
                 ),
             ]
         );
@@ -228,10 +218,10 @@ mod tests {
     #[test]
     fn kinds_have_stable_names() {
         assert_eq!(Task::Factorial(1).kind().as_str(), "factorial");
-        assert_eq!(Task::AssignAb("u".into()).kind().as_str(), "ab");
+        assert_eq!(Task::Ab("u".into()).kind().as_str(), "ab");
         assert_eq!(Task::Upper("u".into()).kind().as_str(), "upper");
         assert_eq!(
-            Task::MostFrequentLetter("u".into()).kind().as_str(),
+            Task::FrequentLetter("u".into()).kind().as_str(),
             "frequent_letter"
         );
     }

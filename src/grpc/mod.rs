@@ -1,7 +1,8 @@
-//! The gRPC side: the generated `message` package, the server and the balancing client.
+//! Shared gRPC pieces: the code generated from `proto/message_service.proto` and the
+//! balancing client that `labmq-consumer` and `labmq-call` use. The server is
+//! [`crate::server`].
 
-pub mod client;
-pub mod server;
+pub(crate) mod client;
 
 /// Code generated from `proto/message_service.proto` by build.rs.
 pub mod proto {

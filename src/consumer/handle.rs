@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::backoff;
-use super::result::{ErrorInfo, ResultDocument, codes};
 use super::status::StatusBoard;
-use crate::rpc::client::{CallError, ComputeClient, TaskOutput};
-use crate::task::{Task, TaskKind, TaskParseError, parse_list, truncate};
+use crate::daemon::backoff;
+use crate::grpc::client::{CallError, ComputeClient};
+use crate::task::{
+    ErrorInfo, ResultDocument, Task, TaskKind, TaskOutput, TaskParseError, codes, parse_list,
+    truncate,
+};
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {

@@ -1,0 +1,88 @@
+//! RabbitMQ, shared by labmq-consumer, labmq-web and labmq-produce:
+//!
+//! - [`settings`]: the broker settings every AMQP program has (`amqp_url`, password,
+//!   queue names), read once into an [`AmqpTarget`](settings::AmqpTarget) that never
+//!   prints its password;
+//! - [`topology`]: queue and exchange names and their declarations;
+//! - [`publish`]: confirmed publishing on a channel in confirm mode;
+//! - [`producer`]: publishing tasks (labmq-produce, labmq-web's submits) and waiting for
+//!   their results over direct reply-to;
+//! - [`session`]: the one reconnecting session driver that the consumer and labmq-web's
+//!   results ingest both run (connect with a time limit, one log line per outage,
+//!   backoff, bounded close).
+
+pub mod producer;
+pub(crate) mod publish;
+pub(crate) mod session;
+pub mod settings;
+pub mod topology;
+
+/// A broker failure. Every variant keeps the library error it came from as its `source`,
+/// so a caller can tell a refused login from a refused connection and a log line can
+/// print the whole chain.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("invalid AMQP URL {url}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot read AMQP password file {path}")]
+    PasswordFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to RabbitMQ at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("cannot connect to RabbitMQ at {url}: no answer within {timeout:?}")]
+    ConnectTimeout {
+        url: String,
+        timeout: std::time::Duration,
+    },
+    #[error("RabbitMQ {operation} failed")]
+    Amqp {
+        operation: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("RabbitMQ {operation}: no answer within {timeout:?}")]
+    Timeout {
+        operation: String,
+        timeout: std::time::Duration,
+    },
+    #[error("publish to {target} was not confirmed: {reason}")]
+    NotConfirmed { target: String, reason: String },
+}
+
+impl AmqpError {
+    pub fn amqp(operation: impl Into<String>, source: lapin::Error) -> Self {
+        AmqpError::Amqp {
+            operation: operation.into(),
+            source,
+        }
+    }
+
+    /// The broker could not be reached or refused the connection (as opposed to an
+    /// operation failing on an open connection).
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            AmqpError::Connect { .. } | AmqpError::ConnectTimeout { .. }
+        )
+    }
+
+    /// The broker answered with this AMQP reply code (e.g. 403 ACCESS_REFUSED, 404
+    /// NOT_FOUND, 406 PRECONDITION_FAILED).
+    pub fn reply_code(&self) -> Option<u16> {
+        let source = match self {
+            AmqpError::Connect { source, .. } | AmqpError::Amqp { source, .. } => source,
+            _ => return None,
+        };
+        match source.kind() {
+            lapin::ErrorKind::ProtocolError(error) => Some(error.get_id()),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! `labmq-call`: calls labmq-server directly for each task and prints one line per task.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::daemon::logging::error_chain;
+use crate::grpc::client::{ClientOptions, ComputeClient};
+use crate::task::parse_list;
+
+/// Call labmq-server directly for each task and print one result line per task.
+///
+/// Tasks: fact:N (exact N!), freq:TEXT (most frequent letter), upper:TEXT (upper-case echo),
+/// anything else is a user id for A/B assignment. An argument may hold a comma-separated list.
+///
+/// Exit status: 0 every task succeeded; 1 some task failed (its error is printed);
+/// 2 usage error; 3 server unreachable.
+#[derive(Debug, Parser)]
+#[command(name = "labmq-call", version)]
+pub struct CallArgs {
+    /// gRPC server address, host:port or http://host:port
+    #[arg(
+        long,
+        env = "LABMQ_GRPC_TARGET",
+        default_value = "127.0.0.1:50051",
+        value_name = "ADDR"
+    )]
+    pub server: String,
+    /// Seconds to wait for the connection to be established
+    #[arg(long, default_value_t = 3, value_name = "SECS")]
+    pub connect_timeout: u64,
+    /// Seconds to wait for each call
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub timeout: u64,
+    /// Tasks, e.g. fact:6 freq:abracadabra user42 upper:hello, or "fact:5,fact:6"
+    #[arg(required = true, value_name = "TASK")]
+    pub tasks: Vec<String>,
+}
+
+const EXIT_TASK_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_UNREACHABLE: u8 = 3;
+
+/// Runs `labmq-call` and returns its exit status.
+pub async fn run(args: CallArgs) -> ExitCode {
+    let tasks: Vec<_> = args.tasks.iter().flat_map(|arg| parse_list(arg)).collect();
+    if tasks.is_empty() {
+        eprintln!("labmq-call: no tasks given (arguments were empty)");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+        request_timeout: Duration::from_secs(args.timeout),
+    };
+    let client = match ComputeClient::connect(std::slice::from_ref(&args.server), &options).await {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("labmq-call: {}", error_chain(&e));
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    let mut status = ExitCode::SUCCESS;
+    for (item, parsed) in tasks {
+        let outcome = match parsed {
+            Err(e) => Err(format!("invalid task: {e}")),
+            Ok(task) => client.run(&task).await.map_err(|e| {
+                if e.is_transient() {
+                    status = ExitCode::from(EXIT_UNREACHABLE);
+                }
+                e.to_string()
+            }),
+        };
+        match outcome {
+            Ok(output) => println!("{item} => {output}"),
+            Err(message) => {
+                println!("{item} => error: {message}");
+                if status == ExitCode::SUCCESS {
+                    status = ExitCode::from(EXIT_TASK_FAILED);
+                }
+            }
+        }
+    }
+    status
+}

@@ -1,0 +1,228 @@
+//! `labmq-consumer`'s configuration (`/etc/labmq/consumer.toml`, `LABMQ_CONSUMER_*`) and
+//! command line.
+
+use clap::{Args, Parser};
+use serde::{Deserialize, Serialize};
+
+use crate::amqp::settings::{AmqpSettings, PASSWORD_KEY};
+use crate::daemon::service::{ConfigError, check_log_level, check_positive, invalid};
+use crate::daemon::service::{DaemonArgs, Service};
+use crate::grpc::client::normalize_target;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConsumerConfig {
+    /// Broker, queue and results exchange (keys `amqp_url`, `queue`, …).
+    #[serde(flatten)]
+    pub amqp: AmqpSettings,
+    /// gRPC servers; calls are spread over them and skip one that is down.
+    pub grpc_targets: Vec<String>,
+    /// Deliveries the broker may push ahead of acks.
+    pub prefetch: u16,
+    /// Tasks processed at once.
+    pub concurrency: usize,
+    /// Larger bodies are dead-lettered unread.
+    pub max_body_bytes: usize,
+    /// Deadline of one gRPC call.
+    pub grpc_timeout_secs: u64,
+    /// First and longest wait between retries of a task whose server is unavailable.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// Longest wait between broker reconnection attempts.
+    pub reconnect_max_secs: u64,
+    /// After SIGTERM, how long in-flight tasks may finish before the rest are requeued.
+    pub shutdown_grace_secs: u64,
+    pub log_level: String,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            amqp: AmqpSettings::default(),
+            grpc_targets: vec!["127.0.0.1:50051".into()],
+            prefetch: 128,
+            concurrency: 64,
+            max_body_bytes: 2 * 1024 * 1024,
+            grpc_timeout_secs: 30,
+            retry_initial_ms: 100,
+            retry_max_ms: 5_000,
+            reconnect_max_secs: 10,
+            shutdown_grace_secs: 20,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Service for ConsumerConfig {
+    const NAME: &'static str = "labmq-consumer";
+    const CONFIG_PATH: &'static str = "/etc/labmq/consumer.toml";
+    const ENV_PREFIX: &'static str = "LABMQ_CONSUMER_";
+    const RAW_ENV_KEYS: &'static [&'static str] = &[PASSWORD_KEY];
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_log_level(&self.log_level)?;
+        self.amqp.validate()?;
+        if self.grpc_targets.is_empty() {
+            return invalid("grpc_targets", "needs at least one address");
+        }
+        for target in &self.grpc_targets {
+            if normalize_target(target)
+                .parse::<tonic::transport::Uri>()
+                .is_err()
+            {
+                return invalid(
+                    "grpc_targets",
+                    format!("{target:?} is not host:port or a URL"),
+                );
+            }
+        }
+        check_positive("prefetch", self.prefetch.into())?;
+        check_positive("concurrency", self.concurrency as u64)?;
+        check_positive("max_body_bytes", self.max_body_bytes as u64)?;
+        check_positive("grpc_timeout_secs", self.grpc_timeout_secs)?;
+        if self.retry_initial_ms == 0 || self.retry_initial_ms > self.retry_max_ms {
+            return invalid(
+                "retry_initial_ms",
+                "must be at least 1 and at most retry_max_ms",
+            );
+        }
+        check_positive("reconnect_max_secs", self.reconnect_max_secs)
+    }
+
+    fn log_level(&self) -> &str {
+        &self.log_level
+    }
+}
+
+/// The labmq queue consumer: takes tasks from RabbitMQ, calls labmq-server, publishes results.
+///
+/// Every task is acked only after its result is confirmed by the broker; tasks whose gRPC
+/// server is unavailable are retried with backoff; bad messages get an error result and go
+/// to the dead-letter queue (QUEUE.dead). Configuration layers, later wins: defaults, the
+/// TOML file (/etc/labmq/consumer.toml or --config), LABMQ_CONSUMER_* environment variables,
+/// command-line flags. SIGTERM drains in-flight tasks and requeues the rest; SIGHUP re-reads
+/// log_level. Exit status: 0 clean stop, 1 runtime failure, 78 bad configuration.
+#[derive(Debug, Parser)]
+#[command(name = "labmq-consumer", version)]
+pub struct ConsumerArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs<ConsumerConfig>,
+    #[command(flatten)]
+    pub flags: ConsumerFlags,
+}
+
+/// Flags that override configuration keys of the same name.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct ConsumerFlags {
+    /// Broker URL (key `amqp_url`) [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amqp_url: Option<String>,
+    /// Task queue (key `queue`) [default: task_queue]
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// gRPC server address; repeat for several (key `grpc_targets`) [default: 127.0.0.1:50051]
+    #[arg(long = "grpc-target", value_name = "ADDR")]
+    #[serde(rename = "grpc_targets", skip_serializing_if = "Vec::is_empty")]
+    pub grpc_targets: Vec<String>,
+    /// Tasks processed at once (key `concurrency`) [default: 64]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// Deliveries prefetched ahead of acks (key `prefetch`) [default: 128]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<u16>,
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use crate::daemon::config::tests::shipped_file_matches_defaults;
+    use crate::daemon::config::{ConfigFile, NoOverrides, load};
+    use figment::Jail;
+
+    fn load_consumer() -> Result<ConsumerConfig, ConfigError> {
+        load::<ConsumerConfig>(
+            &ConfigFile {
+                path: "consumer.toml".into(),
+                required: true,
+            },
+            NoOverrides {},
+        )
+    }
+
+    #[test]
+    fn unreadable_password_file_is_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "consumer.toml",
+                "amqp_password_file = \"/nonexistent/pw\"\n",
+            )?;
+            let err = load_consumer().unwrap_err().to_string();
+            assert!(err.contains("amqp_password_file"), "{err}");
+            assert!(err.contains("/nonexistent/pw"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn shared_amqp_keys_stay_top_level_and_unknown_keys_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "consumer.toml",
+                "amqp_url = \"amqp://u@broker:5673/%2f\"\nqueue = \"jobs\"\nprefetch = 7\n",
+            )?;
+            let config = load_consumer().unwrap();
+            assert_eq!(config.amqp.amqp_url, "amqp://u@broker:5673/%2f");
+            assert_eq!(config.amqp.queue, "jobs");
+            assert_eq!(config.prefetch, 7);
+            jail.create_file("consumer.toml", "amqp_uri = \"amqp://h\"\n")?;
+            let err = load_consumer().unwrap_err().to_string();
+            assert!(
+                err.contains("amqp_uri") && err.contains("consumer.toml"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn passwords_are_never_echoed() {
+        Jail::expect_with(|jail| {
+            jail.create_file("consumer.toml", "amqp_password = 12345678\n")?;
+            let err = load_consumer().unwrap_err().to_string();
+            assert!(err.contains("amqp_password"), "{err}");
+            assert!(!err.contains("12345678"), "{err}");
+            jail.create_file("consumer.toml", "")?;
+            jail.set_env("LABMQ_CONSUMER_AMQP_PASSWORD", "12345678");
+            assert_eq!(
+                load_consumer().unwrap().amqp.amqp_password.expose(),
+                "12345678"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_shared_value_is_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file("consumer.toml", "queue_type = \"stream\"\n")?;
+            let err = load_consumer().unwrap_err().to_string();
+            assert!(err.contains("stream"), "{err}");
+            jail.create_file("consumer.toml", "queue = \"\"\n")?;
+            let err = load_consumer().unwrap_err().to_string();
+            assert!(err.contains("queue"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn shipped_consumer_toml_lists_every_key_with_its_default() {
+        shipped_file_matches_defaults::<ConsumerConfig>(include_str!(
+            "../../packaging/etc/consumer.toml"
+        ));
+    }
+}

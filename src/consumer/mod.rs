@@ -1,0 +1,69 @@
+//! `labmq-consumer`: takes tasks from the task queue, computes them through labmq-server
+//! and publishes one result document per task.
+//!
+//! - [`config`]: its configuration and command line;
+//! - [`session`]: the work on one broker connection: up to `concurrency` tasks in flight,
+//!   each delivery acked only after its results (and, for a bad message, its dead-letter
+//!   copy) are confirmed by the broker; SIGTERM drains;
+//! - [`handle`]: one delivery's body in, result documents out (parse, call with retries);
+//! - [`status`]: the `STATUS=` line and the one-line-per-outage gRPC log.
+//!
+//! The reconnect loop around sessions is the shared [`crate::amqp::session::Driver`].
+
+pub mod config;
+pub mod handle;
+mod session;
+mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::AmqpError;
+use crate::amqp::session::Driver;
+use crate::daemon::systemd;
+use crate::grpc::client::{ClientError, ClientOptions, ComputeClient};
+pub use config::{ConsumerArgs, ConsumerConfig};
+use status::StatusBoard;
+
+/// How long connecting to the broker may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// Consumes until `shutdown`, reconnecting to the broker as long as it takes.
+pub async fn run(
+    config: &ConsumerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumerError> {
+    let target = config.amqp.target()?;
+    let client = Arc::new(ComputeClient::lazy(
+        &config.grpc_targets,
+        &ClientOptions {
+            request_timeout: Duration::from_secs(config.grpc_timeout_secs),
+            ..ClientOptions::default()
+        },
+    )?);
+    let status = Arc::new(StatusBoard::default());
+    systemd::spawn_watchdog(shutdown.clone());
+
+    let mut session = session::ConsumeSession::new(config, &target, client, status);
+    Driver {
+        target: &target,
+        client_name: "labmq-consumer",
+        connect_timeout: CONNECT_TIMEOUT,
+        reconnect_max: Duration::from_secs(config.reconnect_max_secs),
+    }
+    .run(&mut session, &shutdown)
+    .await;
+    systemd::stopping("stopped");
+    tracing::info!("labmq-consumer stopped");
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! `labmq-server`: the gRPC compute service (package `message`, service
+//! `MessageService`) with health, reflection, systemd readiness and graceful shutdown.
+//!
+//! - [`config`]: its configuration and command line;
+//! - [`service`]: the `MessageService` methods over [`crate::compute`];
+//! - [`linger`]: connections closed so that the last response always arrives;
+//! - [`run`] (here): bind, serve, drain on SIGTERM.
+
+pub mod config;
+mod linger;
+mod service;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+use crate::daemon::systemd;
+use crate::grpc::proto::{self, message_service_server::MessageServiceServer};
+pub use config::{ServerArgs, ServerConfig};
+use linger::{LINGER, LingeringStream};
+use service::ComputeService;
+
+/// Messages leave the cause to `source()`, so a chain printed with `{:#}` (as
+/// `labmq-server` does) names each cause once.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("reflection service")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC transport")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds the listener, serves until `shutdown` is cancelled, then lets in-flight calls
+/// finish for up to `shutdown_grace_secs`.
+pub async fn run(config: &ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<MessageServiceServer<ComputeService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // Room for a text of max_text_bytes plus protobuf framing, so an over-long text reaches
+    // the handler and gets an INVALID_ARGUMENT that names the limit.
+    let decode_limit = config.max_text_bytes.saturating_add(64 * 1024);
+    let service = MessageServiceServer::new(ComputeService::new(config))
+        .max_decoding_message_size(decode_limit)
+        .max_encoding_message_size(usize::MAX);
+
+    // Every connection holds a clone of `closing` until its lingering close is over.
+    let (closing, mut closed) = mpsc::channel::<()>(1);
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(move |accepted| accepted.map(|stream| LingeringStream::new(stream, &closing)));
+    let serving = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, {
+            let shutdown = shutdown.clone();
+            async move { shutdown.cancelled().await }
+        });
+
+    tracing::info!(listen = %local, "labmq-server serving gRPC on {local}");
+    systemd::ready(&format!("serving on {local}"));
+    systemd::spawn_watchdog(shutdown.clone());
+
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let mut serving = std::pin::pin!(serving);
+    // Serve until a shutdown request. When idle, `serving` can finish in the same poll
+    // that sees the cancellation, so STOPPING=1 is sent after this select whichever
+    // branch won, never from inside a branch that might lose the race.
+    let finished = tokio::select! {
+        served = &mut serving => Some(served),
+        () = shutdown.cancelled() => None,
+    };
+    if shutdown.is_cancelled() {
+        systemd::stopping("draining in-flight calls");
+        health
+            .set_not_serving::<MessageServiceServer<ComputeService>>()
+            .await;
+    }
+    let drained = match finished {
+        Some(served) => served.map(|()| true)?,
+        None => match tokio::time::timeout(grace, serving).await {
+            Ok(served) => served.map(|()| true)?,
+            Err(_) => {
+                tracing::warn!(
+                    grace_secs = config.shutdown_grace_secs,
+                    "in-flight calls still running after the grace period; exiting anyway"
+                );
+                false
+            }
+        },
+    };
+    if drained {
+        // Every connection is closed; let the last responses reach their clients.
+        let _ = tokio::time::timeout(LINGER, closed.recv()).await;
+    }
+    tracing::info!("labmq-server stopped");
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! `labmq-web`'s configuration (`/etc/labmq/web.toml`, `LABMQ_WEB_*`) and command line.
+
+use std::net::SocketAddr;
+
+use std::time::Duration;
+
+use clap::{Args, Parser};
+use serde::{Deserialize, Serialize};
+
+use crate::amqp::settings::{AmqpSettings, PASSWORD_KEY};
+use crate::daemon::service::{ConfigError, check_log_level, check_not_empty, invalid};
+use crate::daemon::service::{DaemonArgs, Service};
+
+/// How long connecting to the broker may take (the ingest's sessions and each submit's
+/// publisher).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `labmq-web` (`/etc/labmq/web.toml`, `LABMQ_WEB_*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebConfig {
+    /// Address the HTTP listener binds to.
+    pub listen: SocketAddr,
+    /// Broker, task queue (submits go there) and results exchange (keys `amqp_url`,
+    /// `queue`, …).
+    #[serde(flatten)]
+    pub amqp: AmqpSettings,
+    /// labmq-web's own durable queue bound to `results_exchange`: results published while
+    /// labmq-web is down wait there.
+    pub results_queue: String,
+    /// SQLite database of the stored results (created if absent).
+    pub database: String,
+    /// Most tasks one submit may hold (form or API), after splitting comma lists.
+    pub max_tasks_per_submit: usize,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Submits accepted per minute, from all clients together (a token bucket that
+    /// allows bursts of this size).
+    pub submits_per_minute: u32,
+    /// Results per page of the table and default `limit` of `/api/results`.
+    pub page_size: usize,
+    /// How long a submit waits for the broker's confirms.
+    pub confirm_timeout_secs: u64,
+    /// Longest wait between broker reconnection attempts.
+    pub reconnect_max_secs: u64,
+    pub log_level: String,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            amqp: AmqpSettings::default(),
+            results_queue: "labmq-web.results".into(),
+            database: "/var/lib/labmq-web/results.sqlite3".into(),
+            max_tasks_per_submit: 100,
+            max_body_bytes: 64 * 1024,
+            submits_per_minute: 120,
+            page_size: 50,
+            confirm_timeout_secs: 10,
+            reconnect_max_secs: 10,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Service for WebConfig {
+    const NAME: &'static str = "labmq-web";
+    const CONFIG_PATH: &'static str = "/etc/labmq/web.toml";
+    const ENV_PREFIX: &'static str = "LABMQ_WEB_";
+    const RAW_ENV_KEYS: &'static [&'static str] = &[PASSWORD_KEY];
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_log_level(&self.log_level)?;
+        self.amqp.validate()?;
+        check_not_empty(&[
+            ("results_queue", &self.results_queue),
+            ("database", &self.database),
+        ])?;
+        if self.results_queue == self.amqp.queue {
+            return invalid("results_queue", "must differ from queue (the task queue)");
+        }
+        if self.max_tasks_per_submit == 0 {
+            return invalid("max_tasks_per_submit", "must be at least 1");
+        }
+        if self.max_tasks_per_submit > 100_000 {
+            return invalid("max_tasks_per_submit", "must be at most 100000");
+        }
+        if self.max_body_bytes < 256 {
+            return invalid("max_body_bytes", "must be at least 256");
+        }
+        if self.max_body_bytes > 64 * 1024 * 1024 {
+            return invalid("max_body_bytes", "must be at most 67108864 (64 MiB)");
+        }
+        if self.submits_per_minute == 0 {
+            return invalid("submits_per_minute", "must be at least 1");
+        }
+        if self.page_size == 0 || self.page_size > 1000 {
+            return invalid("page_size", "must be between 1 and 1000");
+        }
+        if self.confirm_timeout_secs == 0 {
+            return invalid("confirm_timeout_secs", "must be at least 1");
+        }
+        if self.reconnect_max_secs == 0 {
+            return invalid("reconnect_max_secs", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn log_level(&self) -> &str {
+        &self.log_level
+    }
+}
+
+/// The labmq web page and JSON API: submit tasks, browse their results.
+///
+/// GET / shows a form that publishes tasks to the task queue (with publisher confirms)
+/// and a table of stored results that updates itself. Results come from labmq-web's own
+/// durable queue bound to the results exchange and are stored in SQLite, one row per
+/// result id. JSON API: POST /api/tasks, GET /api/results, GET /api/results/ID,
+/// GET /healthz. Configuration layers, later wins: defaults, the TOML file
+/// (/etc/labmq/web.toml or --config), LABMQ_WEB_* environment variables, command-line
+/// flags. READY=1 once the HTTP listener is bound (stored results can be browsed without
+/// a broker); the status line says whether the broker is connected. SIGTERM stops
+/// cleanly; SIGHUP re-reads log_level. Exit status: 0 clean stop, 1 runtime failure
+/// (e.g. address in use, database not writable), 78 bad configuration.
+#[derive(Debug, Parser)]
+#[command(name = "labmq-web", version)]
+pub struct WebArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs<WebConfig>,
+    #[command(flatten)]
+    pub flags: WebFlags,
+}
+
+/// Flags that override configuration keys of the same name.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct WebFlags {
+    /// Address to listen on (key `listen`) [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Broker URL (key `amqp_url`) [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amqp_url: Option<String>,
+    /// SQLite database file (key `database`) [default: /var/lib/labmq-web/results.sqlite3]
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use crate::daemon::config::tests::shipped_file_matches_defaults;
+    use crate::daemon::config::{ConfigFile, NoOverrides, load};
+    use figment::Jail;
+
+    #[test]
+    fn shipped_web_toml_lists_every_key_with_its_default() {
+        shipped_file_matches_defaults::<WebConfig>(include_str!("../../packaging/etc/web.toml"));
+    }
+
+    #[test]
+    fn web_config_checks_name_the_key() {
+        Jail::expect_with(|jail| {
+            let load_web = || {
+                load::<WebConfig>(
+                    &ConfigFile {
+                        path: "web.toml".into(),
+                        required: true,
+                    },
+                    NoOverrides {},
+                )
+            };
+            jail.create_file("web.toml", "")?;
+            let config = load_web().unwrap();
+            assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(config.results_queue, "labmq-web.results");
+            jail.create_file("web.toml", "max_tasks_per_submit = 0\n")?;
+            let err = load_web().unwrap_err().to_string();
+            assert!(err.contains("max_tasks_per_submit"), "{err}");
+            jail.create_file("web.toml", "results_queue = \"task_queue\"\n")?;
+            let err = load_web().unwrap_err().to_string();
+            assert!(err.contains("results_queue"), "{err}");
+            jail.create_file("web.toml", "")?;
+            jail.set_env("LABMQ_WEB_SUBMITS_PER_MINUTE", "5");
+            assert_eq!(load_web().unwrap().submits_per_minute, 5);
+            Ok(())
+        });
+    }
+}
