@@ -108,13 +108,13 @@ impl AmqpSettings {
         if let Err(e) = AmqpTarget::new(&self.amqp_url, None, None) {
             return invalid("amqp_url", e.to_string());
         }
-        if !self.amqp_password_file.is_empty() {
-            if let Err(e) = self.target() {
-                return invalid(
-                    "amqp_password_file",
-                    crate::daemon::logging::error_chain(&e),
-                );
-            }
+        if !self.amqp_password_file.is_empty()
+            && let Err(e) = self.target()
+        {
+            return invalid(
+                "amqp_password_file",
+                crate::daemon::logging::error_chain(&e),
+            );
         }
         check_not_empty(&[
             ("queue", &self.queue),

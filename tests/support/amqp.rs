@@ -84,7 +84,7 @@ impl Amqp {
         };
         self.rt.block_on(async {
             topology
-                .declare_results_queue(&self.channel, queue)
+                .declare_results_queue(&self.channel, queue, None)
                 .await
                 .unwrap_or_else(|e| panic!("bind results queue {queue} to {exchange}: {e}"));
         });
@@ -490,12 +490,11 @@ pub fn mixed_tasks(n: usize) -> Vec<String> {
 pub fn wait_status_containing(daemon: &mut Daemon, needle: &str, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if let Some(message) = daemon.notify.recv(Duration::from_millis(200)) {
-            if let Some(status) = super::notify_field(&message, "STATUS") {
-                if status.contains(needle) {
-                    return status.to_owned();
-                }
-            }
+        if let Some(message) = daemon.notify.recv(Duration::from_millis(200))
+            && let Some(status) = super::notify_field(&message, "STATUS")
+            && status.contains(needle)
+        {
+            return status.to_owned();
         }
     }
     panic!(
