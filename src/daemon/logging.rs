@@ -73,7 +73,12 @@ pub fn init(level: &str) -> Result<LogControl, LoggingError> {
     let registry = tracing_subscriber::registry().with(filter);
 
     let journald = if stderr_is_journal() {
-        tracing_journald::layer().ok()
+        // Plain upper-case field names (TASK_ID=, KIND=), as operators type them in
+        // `journalctl TASK_ID=…`; the crate's default prefixes them with F_. None of ours
+        // is one of journald's own fields (MESSAGE, PRIORITY, CODE_*, _*).
+        tracing_journald::layer()
+            .ok()
+            .map(|layer| layer.with_field_prefix(None))
     } else {
         None
     };
