@@ -100,10 +100,10 @@ async fn publish_confirmed(channel: &Channel, queue: &str, count: usize) -> anyh
             )
             .await?;
         pending.push(confirm);
-        if pending.len() >= 2048 {
-            if let Some(confirmation) = pending.next().await {
-                ensure!(confirmation?.is_ack(), "publish nacked");
-            }
+        if pending.len() >= 2048
+            && let Some(confirmation) = pending.next().await
+        {
+            ensure!(confirmation?.is_ack(), "publish nacked");
         }
     }
     while let Some(confirmation) = pending.next().await {
@@ -349,7 +349,7 @@ async fn labmq_end_to_end(
         queue_type: QueueType::Classic,
         results_exchange: pipeline.results_exchange.clone(),
     }
-    .declare_results_queue(&watcher, &results)
+    .declare_results_queue(&watcher, &results, None)
     .await?;
     let input = mixed_tasks(args.messages);
 

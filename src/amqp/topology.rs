@@ -79,14 +79,26 @@ impl Topology {
     }
 
     /// A durable queue of `queue_type` bound to the results exchange (for result readers
-    /// such as labmq-web).
+    /// such as labmq-web, or callers who collect results later). With `max_length` the
+    /// queue keeps at most that many results, dropping the oldest (`x-overflow =
+    /// drop-head`): the broker's disk stays bounded when nobody reads it, and a publish
+    /// to it is never refused (a refusal would hold the task unacked).
     pub async fn declare_results_queue(
         &self,
         channel: &Channel,
         queue: &str,
+        max_length: Option<u32>,
     ) -> Result<(), AmqpError> {
         self.declare_results_exchange(channel).await?;
-        declare_queue(channel, queue, self.queue_arguments()).await?;
+        let mut arguments = self.queue_arguments();
+        if let Some(max_length) = max_length {
+            arguments.insert("x-max-length".into(), AMQPValue::LongUInt(max_length));
+            arguments.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString("drop-head".into()),
+            );
+        }
+        declare_queue(channel, queue, arguments).await?;
         channel
             .queue_bind(
                 queue.into(),

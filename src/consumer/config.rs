@@ -15,6 +15,12 @@ pub struct ConsumerConfig {
     /// Broker, queue and results exchange (keys `amqp_url`, `queue`, …).
     #[serde(flatten)]
     pub amqp: AmqpSettings,
+    /// A durable queue bound to `results_exchange` that keeps every result for callers
+    /// who collect them later; empty (the default) declares none, and then a result
+    /// published while no queue is bound is confirmed and dropped by the broker.
+    pub results_queue: String,
+    /// Results `results_queue` keeps at most; beyond it the oldest are dropped.
+    pub results_queue_max_length: u32,
     /// gRPC servers; calls are spread over them and skip one that is down.
     pub grpc_targets: Vec<String>,
     /// Deliveries the broker may push ahead of acks.
@@ -39,6 +45,8 @@ impl Default for ConsumerConfig {
     fn default() -> Self {
         Self {
             amqp: AmqpSettings::default(),
+            results_queue: String::new(),
+            results_queue_max_length: 100_000,
             grpc_targets: vec!["127.0.0.1:50051".into()],
             prefetch: 128,
             concurrency: 64,
@@ -62,6 +70,21 @@ impl Service for ConsumerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         check_log_level(&self.log_level)?;
         self.amqp.validate()?;
+        if !self.results_queue.is_empty() {
+            let topology = self.amqp.topology();
+            if self.results_queue == topology.queue
+                || self.results_queue == topology.dead_letter_queue()
+            {
+                return invalid(
+                    "results_queue",
+                    "must differ from the task queue and its dead-letter queue",
+                );
+            }
+        }
+        check_positive(
+            "results_queue_max_length",
+            self.results_queue_max_length.into(),
+        )?;
         if self.grpc_targets.is_empty() {
             return invalid("grpc_targets", "needs at least one address");
         }

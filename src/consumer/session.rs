@@ -75,6 +75,15 @@ impl Session for ConsumeSession {
         let queue = self.topology.queue.as_str();
         let publisher = Publisher::open(connection).await?;
         self.topology.declare_all(publisher.channel()).await?;
+        if !config.results_queue.is_empty() {
+            self.topology
+                .declare_results_queue(
+                    publisher.channel(),
+                    &config.results_queue,
+                    Some(config.results_queue_max_length),
+                )
+                .await?;
+        }
         let channel = connection
             .create_channel()
             .await

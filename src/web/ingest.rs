@@ -42,7 +42,7 @@ impl Session for Ingest {
             .await
             .map_err(|e| AmqpError::amqp("opening the results channel", e))?;
         self.topology
-            .declare_results_queue(&channel, &self.queue)
+            .declare_results_queue(&channel, &self.queue, None)
             .await?;
         channel
             .basic_qos(BATCH, BasicQosOptions::default())
