@@ -137,6 +137,49 @@ fn grpc_server_down_for_10s_mid_stream_loses_nothing() {
     );
 }
 
+/// RabbitMQ closes the channel of a consumer that holds a delivery unacked longer than
+/// `consumer_timeout` (30 min by default; 3 s here). A task waiting that long for its
+/// gRPC server is then redelivered to the reconnected consumer: not lost, and answered
+/// once the server is back.
+#[test]
+fn a_task_held_past_consumer_timeout_is_redelivered_not_lost() {
+    let broker = PrivateBroker::start_with("consumer_timeout = 3000");
+    let url = broker.url();
+    let addr = free_addr();
+    let server_options = ServerOptions {
+        listen: addr.to_string(),
+        ..ServerOptions::default()
+    };
+    let setup = ConsumerSetup::new(&url, &[format!("http://{addr}")]);
+    let watch = ResultWatch::start(&url, &setup.results_exchange);
+    let mut consumer = setup.start();
+    let ids = produce_tasks(&url, &setup.queue, &["fact:7".to_owned()]);
+    wait_status_containing(
+        &mut consumer,
+        "gRPC server unavailable",
+        Duration::from_secs(30),
+    );
+    // The broker checks delivery timeouts periodically: allow it a generous while.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !consumer.stderr().contains("acknowledgement") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker never timed out the held delivery\n{}",
+            consumer.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        watch.counter.distinct(),
+        0,
+        "no result while the server is down"
+    );
+    let _server = server_options.start();
+    let seen = watch.counter.wait_for_all(&ids, ALL_RESULTS_TIMEOUT);
+    check_all_ok("consumer_timeout", &seen, 1);
+    assert!(consumer.stop(EXIT_TIMEOUT).success());
+}
+
 /// A consumer with 5,000 mixed tasks published, 1,000 of whose results have arrived.
 struct MidStream {
     _server: Server,

@@ -91,6 +91,47 @@ fn results_exchange_gets_one_document_per_task_with_values() {
 }
 
 #[test]
+fn results_queue_keeps_the_newest_results_up_to_its_length() {
+    let server = server();
+    let kept_queue = unique("kept");
+    // One task at a time, so the results arrive in the order the tasks were sent.
+    let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]).with_extra(&format!(
+        "results_queue = {kept_queue:?}\nresults_queue_max_length = 3\nconcurrency = 1\nprefetch = 1\n"
+    ));
+    let amqp = Amqp::connect(SHARED_AMQP_URL);
+    let _consumer = setup.start();
+    let (code, stdout, stderr) = produce(
+        SHARED_AMQP_URL,
+        &[
+            "--queue",
+            &setup.queue,
+            "--wait",
+            "fact:1",
+            "fact:2",
+            "fact:3",
+            "fact:4",
+            "fact:5",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    let kept: Vec<String> = amqp
+        .drain(&kept_queue)
+        .iter()
+        .map(|(body, _)| {
+            let document: Value = serde_json::from_slice(body).expect("a result document");
+            document["task"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    amqp.delete_queue(&kept_queue);
+    assert_eq!(
+        kept,
+        ["fact:3", "fact:4", "fact:5"],
+        "the newest 3 of 5 results"
+    );
+}
+
+#[test]
 fn plain_body_without_properties_is_a_task_and_list_bodies_split() {
     let server = server();
     let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);

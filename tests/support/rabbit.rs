@@ -35,6 +35,12 @@ fn rabbitmqctl(node: &str, args: &[&str]) -> std::process::Output {
 impl PrivateBroker {
     /// Starts a node and waits until its AMQP port serves.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Starts a node whose rabbitmq.conf also holds `extra_config` (lines in
+    /// rabbitmq.conf syntax, e.g. `consumer_timeout = 3000`).
+    pub fn start_with(extra_config: &str) -> Self {
         let port = free_port();
         let dist_port = free_port();
         let node = format!("labmqtest{port}@localhost");
@@ -47,7 +53,9 @@ impl PrivateBroker {
         // listener to 5672, which would clash with the shared node.
         std::fs::write(
             dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n"),
+            format!(
+                "listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n{extra_config}\n"
+            ),
         )
         .expect("write rabbitmq.conf");
         let chown = Command::new("chown")
