@@ -11,6 +11,42 @@ use std::process::ExitCode;
 use clap::{Command, CommandFactory};
 use clap_complete::Shell;
 
+/// The commented configuration file a daemon's package ships: every key with its default
+/// and what it means. The man page carries it whole, so the key reference lives in one
+/// place (the file) and is read in two (`man`, `/etc/labmq`).
+fn shipped_config(name: &str) -> Option<(&'static str, &'static str)> {
+    match name {
+        "labmq-server" => Some((
+            "/etc/labmq/server.toml",
+            include_str!("../packaging/etc/server.toml"),
+        )),
+        "labmq-consumer" => Some((
+            "/etc/labmq/consumer.toml",
+            include_str!("../packaging/etc/consumer.toml"),
+        )),
+        "labmq-web" => Some((
+            "/etc/labmq/web.toml",
+            include_str!("../packaging/etc/web.toml"),
+        )),
+        _ => None,
+    }
+}
+
+/// `text` as a roff no-fill block: backslashes escaped, no line read as a request.
+fn roff_verbatim(text: &str) -> String {
+    let mut out = String::from(".nf\n");
+    for line in text.lines() {
+        let line = line.replace('\\', "\\e");
+        if line.starts_with(['.', '\'']) {
+            out.push_str("\\&");
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out.push_str(".fi\n");
+    out
+}
+
 /// Every binary's command. A new binary adds its `Args` type here.
 fn commands() -> Vec<Command> {
     vec![
@@ -32,6 +68,16 @@ fn write(outdir: &Path, mut command: Command) -> std::io::Result<()> {
         .manual("labmq manual")
         .source(format!("labmq {}", env!("CARGO_PKG_VERSION")))
         .render(&mut page)?;
+    if let Some((path, content)) = shipped_config(&name) {
+        page.extend_from_slice(
+            format!(
+                ".SH CONFIGURATION\nEvery key of \\fI{path}\\fR, as the package installs it: \
+                 commented out, with its default and its meaning.\n.PP\n{}",
+                roff_verbatim(content)
+            )
+            .as_bytes(),
+        );
+    }
     std::fs::write(outdir.join("man").join(format!("{name}.1")), page)?;
 
     // File names as bash-completion and zsh look them up: `<bin>` and `_<bin>`.
