@@ -367,13 +367,14 @@ fn log_processed(document: &ResultDocument, redelivered: bool) {
     match &document.error {
         None => tracing::info!(
             task_id = %document.id, kind, ok = true, duration_ms = ms, attempts, redelivered,
+            task = %task,
             "task processed: {task} ({kind}) in {ms} ms, {attempts} attempt(s)"
         ),
         Some(error) => {
             let reason = truncate(&error.message, 200);
             tracing::warn!(
                 task_id = %document.id, kind, ok = false, duration_ms = ms, attempts, redelivered,
-                error_code = %error.code, error = %reason,
+                task = %task, error_code = %error.code, error = %reason,
                 "task failed; message dead-lettered: {task} ({kind}) {}: {reason}", error.code
             );
         }
