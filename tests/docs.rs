@@ -97,13 +97,23 @@ fn links(text: &str) -> Vec<String> {
     targets
 }
 
-/// Inline code spans and the lines of fenced code blocks.
+/// Inline code spans and the lines of fenced code blocks, except the blocks that copy a
+/// capture (`<!-- capture: … -->`): those record what a past run printed, e.g. a log
+/// record's `CODE_FILE`, and `embedded_copies_match_their_files` keeps them honest.
 fn code_spans(text: &str) -> Vec<String> {
     let mut spans = Vec::new();
     let mut in_code = false;
+    let mut in_capture = false;
+    let mut after_capture_marker = false;
     for line in text.lines() {
         if line.trim_start().starts_with("```") {
             in_code = !in_code;
+            in_capture = in_code && after_capture_marker;
+            after_capture_marker = false;
+            continue;
+        }
+        after_capture_marker = line.starts_with("<!-- capture: ");
+        if in_capture {
             continue;
         }
         if in_code {
