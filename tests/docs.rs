@@ -314,16 +314,12 @@ fn config_keys_and_environment_variables_exist() {
                         .and_then(|r| r.strip_prefix('_'))
                         .map(|key| (program_keys, key.to_lowercase()))
                 });
-                match program_key {
-                    Some((program_keys, key)) if !key.is_empty() => {
-                        if !program_keys.contains(&key) {
-                            unknown.insert(format!("{file}: {word}"));
-                        }
-                    }
-                    _ if !rest.is_empty() && !sources.contains(word) => {
-                        unknown.insert(format!("{file}: {word}"));
-                    }
-                    _ => {}
+                let known = match program_key {
+                    Some((program_keys, key)) if !key.is_empty() => program_keys.contains(&key),
+                    _ => rest.is_empty() || sources.contains(word),
+                };
+                if !known {
+                    unknown.insert(format!("{file}: {word}"));
                 }
             }
         }
