@@ -21,7 +21,10 @@ use support::web::WebSetup;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
+/// Debian's Chromium unless `LABMQ_CHROMIUM` names another binary (Ubuntu ships it as a snap).
+fn chromium() -> String {
+    std::env::var("LABMQ_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
+}
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A headless Chromium of our own (fresh profile), stopped on drop.
@@ -33,13 +36,14 @@ struct Browser {
 
 impl Browser {
     fn launch() -> Self {
+        let chromium = chromium();
         assert!(
-            Path::new(CHROMIUM).exists(),
-            "{CHROMIUM} is missing: the browser test needs Debian's Chromium \
-             (apt-get install chromium)"
+            Path::new(&chromium).exists(),
+            "{chromium} is missing: the browser test needs Chromium \
+             (Debian: apt-get install chromium; elsewhere set LABMQ_CHROMIUM to its binary)"
         );
         let profile = tempfile::tempdir().expect("browser profile dir");
-        let child = Command::new(CHROMIUM)
+        let child = Command::new(&chromium)
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -60,7 +64,7 @@ impl Browser {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {CHROMIUM}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {chromium}: {e}"));
         let mut browser = Self {
             child,
             profile,
@@ -77,11 +81,11 @@ impl Browser {
                 break port;
             }
             if let Ok(Some(status)) = browser.child.try_wait() {
-                panic!("{CHROMIUM} exited at start: {status}");
+                panic!("{chromium} exited at start: {status}");
             }
             assert!(
                 Instant::now() < deadline,
-                "{CHROMIUM} wrote no DevToolsActivePort within {STEP_TIMEOUT:?}"
+                "{chromium} wrote no DevToolsActivePort within {STEP_TIMEOUT:?}"
             );
             std::thread::sleep(Duration::from_millis(50));
         };
