@@ -133,7 +133,11 @@ async fn cancelled_factorials_keep_their_slot_so_threads_stay_bounded() {
                     {
                         Err(_) => "client gave up".to_owned(),
                         Ok(Ok(_)) => "OK".to_owned(),
-                        Ok(Err(status)) => format!("{:?}", status.code()),
+                        Ok(Err(status)) => format!(
+                            "{:?} {}",
+                            status.code(),
+                            status.message().chars().take(40).collect::<String>()
+                        ),
                     };
                     *codes.entry(code).or_default() += 1;
                 }
