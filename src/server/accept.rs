@@ -7,7 +7,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -17,47 +17,18 @@ use tokio::time::Sleep;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::linger::LingeringStream;
+use super::throttle::Throttled;
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4) is this many bytes.
 const PREFACE_LEN: usize = 24;
 /// First and longest pause after an accept error that is not about one connection.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// A condition that repeats (refused connections, accept errors) is logged at most once
-/// per this period, with the count since the last line.
-const LOG_EVERY: Duration = Duration::from_secs(10);
-
 /// The connection limits of [`incoming`].
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
     pub handshake_timeout: Duration,
-}
-
-/// Logs a repeating warning at most once per [`LOG_EVERY`], counting the rest.
-pub struct Throttled {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Throttled {
-    pub const fn new() -> Self {
-        Self {
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(n)` when a line should be logged now, `n` being how many were skipped.
-    pub fn due(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if self.last.is_some_and(|last| now - last < LOG_EVERY) {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
 }
 
 /// Errors that concern one connection only (the peer gave up before it was accepted):
@@ -233,16 +204,6 @@ impl AsyncWrite for ServedConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn throttled_logs_once_per_period_and_counts_the_rest() {
-        let mut throttled = Throttled::new();
-        assert_eq!(throttled.due(), Some(0));
-        assert_eq!(throttled.due(), None);
-        assert_eq!(throttled.due(), None);
-        throttled.last = Some(Instant::now() - LOG_EVERY);
-        assert_eq!(throttled.due(), Some(2));
-    }
 
     #[test]
     fn only_per_connection_errors_are_retried_at_once() {

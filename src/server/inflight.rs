@@ -10,7 +10,7 @@ use tonic::Status;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
-use super::accept::Throttled;
+use super::throttle::Throttled;
 
 /// Health checks answer even at the limit: a monitor must be able to see a busy server.
 const EXEMPT_PREFIX: &str = "/grpc.health.v1.Health/";

@@ -7,6 +7,7 @@
 //! - [`inflight`]: one limit on calls in flight over all connections;
 //! - [`accept`]: connections accepted within limits (count, handshake time, fd errors);
 //! - [`linger`]: connections closed so that the last response always arrives;
+//! - [`throttle`]: repeating warnings logged once per period;
 //! - [`run`] (here): bind, serve, drain on SIGTERM.
 
 mod accept;
@@ -15,6 +16,7 @@ mod inflight;
 mod linger;
 mod pool;
 mod service;
+mod throttle;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -4,9 +4,9 @@
 
 use tonic::{Request, Response, Status};
 
-use super::accept::Throttled;
 use super::config::ServerConfig;
 use super::pool::{ComputePool, PoolError};
+use super::throttle::Throttled;
 use crate::compute::{self, AbSplitter};
 use crate::grpc::proto::{
     AbRequest, AbResponse, FactorialRequest, FactorialResponse, LetterResponse, MessageRequest,
