@@ -30,6 +30,22 @@ pub struct ServerConfig {
     pub ab_a_percent: u8,
     /// Threads for heavy computations; 0 means one per CPU.
     pub compute_threads: usize,
+    /// Heavy calls that may wait for a compute thread; beyond it, `RESOURCE_EXHAUSTED`.
+    pub max_waiting_calls: usize,
+    /// Calls in flight at once over all connections; beyond it, `RESOURCE_EXHAUSTED`.
+    pub max_calls_in_flight: usize,
+    /// Time limit of one call, waiting included.
+    pub request_timeout_secs: u64,
+    /// Open client connections; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Calls in flight on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// How long a new connection may take to send the HTTP/2 preface.
+    pub handshake_timeout_secs: u64,
+    /// Seconds of silence on a connection before the server pings it.
+    pub keepalive_interval_secs: u64,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keepalive_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -43,6 +59,14 @@ impl Default for ServerConfig {
             ab_salt: ab::DEFAULT_AB_SALT.into(),
             ab_a_percent: ab::DEFAULT_A_PERCENT,
             compute_threads: 0,
+            max_waiting_calls: 128,
+            max_calls_in_flight: 256,
+            request_timeout_secs: 60,
+            max_connections: 256,
+            max_concurrent_streams: 100,
+            handshake_timeout_secs: 10,
+            keepalive_interval_secs: 60,
+            keepalive_timeout_secs: 20,
         }
     }
 }
@@ -77,12 +101,54 @@ impl Service for ServerConfig {
                 ),
             );
         }
+        check_range("compute_threads", self.compute_threads, 0, 1024)?;
+        check_range("max_waiting_calls", self.max_waiting_calls, 0, 100_000)?;
+        // Requests are decoded whole: this times max_text_bytes bounds their memory.
+        check_range("max_calls_in_flight", self.max_calls_in_flight, 1, 100_000)?;
+        check_range("request_timeout_secs", self.request_timeout_secs, 1, 86_400)?;
+        // Each connection is a file descriptor; the unit's LimitNOFILE must leave room.
+        check_range("max_connections", self.max_connections, 1, 1_000_000)?;
+        check_range(
+            "max_concurrent_streams",
+            self.max_concurrent_streams,
+            1,
+            10_000,
+        )?;
+        check_range(
+            "handshake_timeout_secs",
+            self.handshake_timeout_secs,
+            1,
+            3_600,
+        )?;
+        check_range(
+            "keepalive_interval_secs",
+            self.keepalive_interval_secs,
+            1,
+            86_400,
+        )?;
+        check_range(
+            "keepalive_timeout_secs",
+            self.keepalive_timeout_secs,
+            1,
+            3_600,
+        )?;
         Ok(())
     }
 
     fn log_level(&self) -> &str {
         &self.log_level
     }
+}
+
+/// `key` must lie in `min..=max`.
+fn check_range<T>(key: &'static str, value: T, min: T, max: T) -> Result<(), ConfigError>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if value < min || value > max {
+        return invalid(key, format!("{value} is outside {min}..={max}"));
+    }
+    Ok(())
 }
 
 /// The labmq gRPC compute service (package `message`, service `MessageService`).
@@ -223,6 +289,21 @@ mod tests {
             jail.create_file("server.toml", "log_level = \"loud[\"\n")?;
             let err = load_server("server.toml").unwrap_err().to_string();
             assert!(err.contains("log_level"), "{err}");
+            for (key, value) in [
+                ("max_connections", "0"),
+                ("max_concurrent_streams", "0"),
+                ("handshake_timeout_secs", "0"),
+                ("keepalive_interval_secs", "0"),
+                ("keepalive_timeout_secs", "0"),
+                ("request_timeout_secs", "0"),
+                ("max_waiting_calls", "100001"),
+                ("max_calls_in_flight", "0"),
+                ("compute_threads", "1025"),
+            ] {
+                jail.create_file("server.toml", &format!("{key} = {value}\n"))?;
+                let err = load_server("server.toml").unwrap_err().to_string();
+                assert!(err.contains(key) && err.contains(value), "{err}");
+            }
             Ok(())
         });
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// How long a connection the server closes keeps reading, at most, so its peer can take
@@ -27,13 +27,17 @@ pub struct LingeringStream {
     stream: Option<TcpStream>,
     /// Held until the lingering close is over, so the server can wait for it.
     closing: mpsc::Sender<()>,
+    /// The connection's place under `max_connections`, also held until the socket is
+    /// closed: a lingering socket still takes a file descriptor.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl LingeringStream {
-    pub fn new(stream: TcpStream, closing: &mpsc::Sender<()>) -> Self {
+    pub fn new(stream: TcpStream, closing: &mpsc::Sender<()>, slot: OwnedSemaphorePermit) -> Self {
         Self {
             stream: Some(stream),
             closing: closing.clone(),
+            slot: Some(slot),
         }
     }
 
@@ -59,8 +63,10 @@ impl Drop for LingeringStream {
             return;
         };
         let closing = self.closing.clone();
+        let slot = self.slot.take();
         runtime.spawn(async move {
             let _ = tokio::time::timeout(LINGER, linger(stream)).await;
+            drop(slot);
             drop(closing);
         });
     }

@@ -3,26 +3,35 @@
 //!
 //! - [`config`]: its configuration and command line;
 //! - [`service`]: the `MessageService` methods over [`crate::compute`];
+//! - [`pool`]: the compute threads and their bounded queue;
+//! - [`inflight`]: one limit on calls in flight over all connections;
+//! - [`accept`]: connections accepted within limits (count, handshake time, fd errors);
 //! - [`linger`]: connections closed so that the last response always arrives;
+//! - [`throttle`]: repeating warnings logged once per period;
 //! - [`run`] (here): bind, serve, drain on SIGTERM.
 
+mod accept;
 pub mod config;
+mod inflight;
 mod linger;
+mod pool;
 mod service;
+mod throttle;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::daemon::systemd;
 use crate::grpc::proto::{self, message_service_server::MessageServiceServer};
+use accept::ConnectionLimits;
 pub use config::{ServerArgs, ServerConfig};
-use linger::{LINGER, LingeringStream};
+use inflight::InFlightLimit;
+use linger::LINGER;
+pub use pool::PoolError;
 use service::ComputeService;
 
 /// Messages leave the cause to `source()`, so a chain printed with `{:#}` (as
@@ -34,6 +43,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("compute pool")]
+    Pool(#[from] PoolError),
     #[error("reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC transport")]
@@ -65,16 +76,26 @@ pub async fn run(config: &ServerConfig, shutdown: CancellationToken) -> Result<(
     // Room for a text of max_text_bytes plus protobuf framing, so an over-long text reaches
     // the handler and gets an INVALID_ARGUMENT that names the limit.
     let decode_limit = config.max_text_bytes.saturating_add(64 * 1024);
-    let service = MessageServiceServer::new(ComputeService::new(config))
+    let service = MessageServiceServer::new(ComputeService::new(config)?)
         .max_decoding_message_size(decode_limit)
         .max_encoding_message_size(usize::MAX);
 
     // Every connection holds a clone of `closing` until its lingering close is over.
     let (closing, mut closed) = mpsc::channel::<()>(1);
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .map(move |accepted| accepted.map(|stream| LingeringStream::new(stream, &closing)));
+    let incoming = accept::incoming(
+        listener,
+        ConnectionLimits {
+            max_connections: config.max_connections,
+            handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
+        },
+        closing,
+    );
     let serving = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .timeout(Duration::from_secs(config.request_timeout_secs))
+        .http2_keepalive_interval(Some(Duration::from_secs(config.keepalive_interval_secs)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_timeout_secs)))
+        .layer(InFlightLimit::new(config.max_calls_in_flight))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)

@@ -1,13 +1,12 @@
 //! The `MessageService` implementation: each method checks its limits, runs the pure
-//! computation (heavy ones on the blocking pool, bounded by compute slots) and maps
-//! domain errors to `INVALID_ARGUMENT`.
+//! computation (heavy ones on the [`ComputePool`], so the async workers stay free for
+//! I/O) and maps domain errors to `INVALID_ARGUMENT`.
 
-use std::sync::Arc;
-
-use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use super::config::ServerConfig;
+use super::pool::{ComputePool, PoolError};
+use super::throttle::Throttled;
 use crate::compute::{self, AbSplitter};
 use crate::grpc::proto::{
     AbRequest, AbResponse, FactorialRequest, FactorialResponse, LetterResponse, MessageRequest,
@@ -19,7 +18,8 @@ use crate::task::truncate;
 const LOGGED_PAYLOAD_CHARS: usize = 200;
 /// Below this `n` a factorial costs microseconds; above it, it goes to the compute pool.
 const INLINE_FACTORIAL_MAX_N: u64 = 2_000;
-/// Texts up to this size are counted inline; longer ones go to the compute pool.
+/// Texts and user ids up to this size are handled inline (well under a millisecond);
+/// longer ones go to the compute pool.
 const INLINE_TEXT_MAX_BYTES: usize = 64 * 1024;
 
 /// The `MessageService` implementation.
@@ -27,39 +27,52 @@ pub struct ComputeService {
     splitter: AbSplitter,
     max_factorial_n: u64,
     max_text_bytes: usize,
-    /// Bounds how many heavy computations run at once, so big requests queue instead of
-    /// starving each other (and never block the async runtime).
-    compute_slots: Arc<Semaphore>,
+    /// Bounds how many heavy computations run and wait at once, so big requests queue
+    /// (boundedly) instead of starving each other or blocking the async runtime.
+    pool: ComputePool,
+    /// A flood of refused calls logs one line per period, not one per call.
+    refusals: std::sync::Mutex<Throttled>,
 }
 
 impl ComputeService {
-    pub fn new(config: &ServerConfig) -> Self {
+    pub fn new(config: &ServerConfig) -> Result<Self, PoolError> {
         let threads = if config.compute_threads == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
             config.compute_threads
         };
-        Self {
+        Ok(Self {
             splitter: AbSplitter::new(config.ab_salt.clone(), config.ab_a_percent),
             max_factorial_n: config.max_factorial_n,
             max_text_bytes: config.max_text_bytes,
-            compute_slots: Arc::new(Semaphore::new(threads)),
-        }
+            pool: ComputePool::new(threads, config.max_waiting_calls)?,
+            refusals: std::sync::Mutex::new(Throttled::new()),
+        })
     }
 
-    /// Runs `work` on the blocking pool once a compute slot is free.
+    /// Runs `work` on the compute pool.
     async fn offload<T: Send + 'static>(
         &self,
+        method: &str,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Status> {
-        let _slot = self
-            .compute_slots
-            .acquire()
-            .await
-            .map_err(|_| Status::unavailable("server is shutting down"))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| Status::internal(format!("computation failed: {e}")))
+        self.pool.run(work).await.map_err(|e| match e {
+            PoolError::Full { .. } => {
+                let due = match self.refusals.lock() {
+                    Ok(mut throttle) => throttle.due(),
+                    Err(poisoned) => poisoned.into_inner().due(),
+                };
+                if let Some(skipped) = due {
+                    tracing::warn!(method, skipped, "{e}");
+                }
+                Status::resource_exhausted(e.to_string())
+            }
+            PoolError::Closed => Status::unavailable(e.to_string()),
+            PoolError::Panicked | PoolError::Spawn { .. } => {
+                tracing::error!(method, "{e}");
+                Status::internal(e.to_string())
+            }
+        })
     }
 }
 
@@ -85,18 +98,26 @@ impl MessageService for ComputeService {
                 },
             ));
         }
-        Ok(Response::new(MessageResponse {
-            processed_text: compute::processed_text(&text),
-        }))
+        let processed_text = if text.len() <= INLINE_TEXT_MAX_BYTES {
+            compute::processed_text(&text)
+        } else {
+            self.offload("ProcessMessage", move || compute::processed_text(&text))
+                .await?
+        };
+        Ok(Response::new(MessageResponse { processed_text }))
     }
 
     async fn assign_ab(&self, request: Request<AbRequest>) -> Result<Response<AbResponse>, Status> {
         let user_id = request.into_inner().user_id;
         tracing::debug!(method = "AssignAB", user_id = %truncate(&user_id, LOGGED_PAYLOAD_CHARS));
-        let group = self
-            .splitter
-            .assign(&user_id)
-            .map_err(|e| invalid("AssignAB", e))?;
+        let group = if user_id.len() <= INLINE_TEXT_MAX_BYTES {
+            self.splitter.assign(&user_id)
+        } else {
+            let splitter = self.splitter.clone();
+            self.offload("AssignAB", move || splitter.assign(&user_id))
+                .await?
+        }
+        .map_err(|e| invalid("AssignAB", e))?;
         Ok(Response::new(AbResponse {
             group: group.as_str().to_owned(),
         }))
@@ -113,7 +134,7 @@ impl MessageService for ComputeService {
         let result = if checked <= INLINE_FACTORIAL_MAX_N {
             compute::factorial_decimal(n, max)
         } else {
-            self.offload(move || compute::factorial_decimal(n, max))
+            self.offload("Factorial", move || compute::factorial_decimal(n, max))
                 .await?
         }
         .map_err(|e| invalid("Factorial", e))?;
@@ -130,8 +151,10 @@ impl MessageService for ComputeService {
         let counted = if text.len() <= INLINE_TEXT_MAX_BYTES {
             compute::most_frequent_letter(&text, max)
         } else {
-            self.offload(move || compute::most_frequent_letter(&text, max))
-                .await?
+            self.offload("MostFrequentLetter", move || {
+                compute::most_frequent_letter(&text, max)
+            })
+            .await?
         }
         .map_err(|e| invalid("MostFrequentLetter", e))?;
         Ok(Response::new(LetterResponse {
