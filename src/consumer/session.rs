@@ -21,6 +21,7 @@ use super::handle::{Handler, Limits, RetryPolicy, Verdict, message_key};
 use super::status::StatusBoard;
 use crate::amqp::AmqpError;
 use crate::amqp::publish::{Publisher, Route, confirmed, persistent};
+use crate::amqp::quarantine;
 use crate::amqp::session::{Link, Session, SessionEnd, bounded_step};
 use crate::amqp::settings::AmqpTarget;
 use crate::amqp::topology::{Topology, subscribe};
@@ -30,6 +31,8 @@ use crate::task::{ErrorInfo, ResultDocument, codes, truncate};
 
 /// How long tasks that were told to give up may take to requeue their message.
 const GIVE_UP_BOUND: Duration = Duration::from_secs(5);
+/// How long taking unparsable messages off the queue may take.
+const QUARANTINE_BOUND: Duration = Duration::from_secs(60);
 
 /// What every in-flight task shares.
 struct Context {
@@ -45,7 +48,11 @@ struct Context {
 
 pub(super) struct ConsumeSession {
     config: ConsumerConfig,
+    target: AmqpTarget,
     broker: String,
+    /// The last connection died parsing a delivery: before consuming again, take the
+    /// unparsable message off the queue (else every reconnect dies on it again).
+    unparsable: bool,
     client: Arc<ComputeClient>,
     topology: Topology,
     status: Arc<StatusBoard>,
@@ -61,7 +68,9 @@ impl ConsumeSession {
     ) -> Self {
         Self {
             config: config.clone(),
+            target: target.clone(),
             broker: target.redacted(),
+            unparsable: false,
             client,
             topology: config.amqp.topology(),
             status,
@@ -76,6 +85,9 @@ impl Session for ConsumeSession {
         connection: &Connection,
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, AmqpError> {
+        if self.unparsable {
+            self.quarantine().await;
+        }
         let config = &self.config;
         let queue = self.topology.queue.as_str();
         let publisher = Publisher::open(connection).await?;
@@ -152,7 +164,10 @@ impl Session for ConsumeSession {
                     Some(Ok(delivery)) => {
                         in_flight.spawn(process(delivery, permit, context.clone()));
                     }
-                    Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
+                    Some(Err(e)) => {
+                        self.unparsable = matches!(e.kind(), lapin::ErrorKind::ParsingError(_));
+                        break SessionEnd::Lost(e.to_string());
+                    }
                     None => break SessionEnd::Lost("subscription cancelled by the broker".into()),
                 },
             }
@@ -183,6 +198,26 @@ impl Session for ConsumeSession {
 }
 
 impl ConsumeSession {
+    /// Moves messages lapin cannot parse from the head of the task queue to the
+    /// dead-letter queue; on failure, tries again before the next session.
+    async fn quarantine(&mut self) {
+        // The bad message is among those this consumer had prefetched and not yet
+        // parsed when the connection died; they are all back at the head of the queue.
+        let limit = usize::from(self.config.prefetch) + 1;
+        match quarantine::sweep(&self.target, &self.topology, limit, QUARANTINE_BOUND).await {
+            Ok(moved) => {
+                tracing::warn!(
+                    moved,
+                    "dead-lettered {moved} message(s) whose properties lapin cannot parse"
+                );
+                self.unparsable = false;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not take the unparsable message off the queue: {e}");
+            }
+        }
+    }
+
     /// SIGTERM: stop deliveries, let in-flight tasks finish within the grace period, then
     /// requeue everything still unacked.
     async fn drain(
