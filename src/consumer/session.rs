@@ -279,13 +279,9 @@ async fn process(delivery: Delivery, _slot: OwnedSemaphorePermit, context: Arc<C
     );
     // A panic must not lose the delivery: dropped silently by the task set, it would stay
     // unacked (holding a prefetch slot) until the connection goes, then come back.
-    let handled = AssertUnwindSafe(handle_and_deliver(&delivery, &message_id, &context))
-        .catch_unwind()
-        .await;
-    let Err(panic) = handled else {
+    let Err(reason) = guarded(handle_and_deliver(&delivery, &message_id, &context)).await else {
         return;
     };
-    let reason = panic_message(panic.as_ref());
     let count = context.handler.status.panicked();
     tracing::error!(
         task_id = %message_id, panic = %reason, panics = count,
@@ -303,10 +299,7 @@ async fn process(delivery: Delivery, _slot: OwnedSemaphorePermit, context: Arc<C
         0,
         0.0,
     );
-    let fallback = AssertUnwindSafe(deliver(&context, &delivery, &[result], Some(&error)))
-        .catch_unwind()
-        .await;
-    match fallback {
+    match guarded(deliver(&context, &delivery, &[result], Some(&error))).await {
         Ok(Ok(())) => {
             if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                 tracing::warn!(task_id = %message_id, error = %e, "ack failed; the broker will redeliver");
@@ -320,7 +313,6 @@ async fn process(delivery: Delivery, _slot: OwnedSemaphorePermit, context: Arc<C
         // Even the bare dead-letter copy panicked: requeue once, and drop it the second
         // time rather than loop on it forever.
         Err(again) => {
-            let again = panic_message(again.as_ref());
             if delivery.redelivered {
                 tracing::error!(task_id = %message_id, panic = %again, "dead-lettering panicked again on a redelivery; the message is dropped");
                 let options = BasicNackOptions {
@@ -334,6 +326,14 @@ async fn process(delivery: Delivery, _slot: OwnedSemaphorePermit, context: Arc<C
             }
         }
     }
+}
+
+/// Runs `work`, turning a panic into `Err` with what the panic said.
+async fn guarded<T>(work: impl std::future::Future<Output = T>) -> Result<T, String> {
+    AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|panic| panic_message(panic.as_ref()))
 }
 
 /// What a panic carried, for the log and the dead-letter reason.
@@ -497,5 +497,28 @@ fn log_processed(document: &ResultDocument, redelivered: bool) {
                 "task failed; message dead-lettered: {task} ({kind}) {}: {reason}", error.code
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_becomes_an_error_with_its_message() {
+        let long = "x".repeat(300);
+        let outcome = guarded(async {
+            // What main did with a 254-byte message_id.
+            let _ = ShortString::from(long.as_str());
+        })
+        .await;
+        let reason = outcome.unwrap_err();
+        assert!(
+            reason.contains("ShortString exceeds maximum length"),
+            "{reason}"
+        );
+        let formatted = guarded(async { panic!("task {} broke", 7) }).await;
+        assert_eq!(formatted.unwrap_err(), "task 7 broke");
+        assert_eq!(guarded(async { 5 }).await, Ok(5));
     }
 }
