@@ -31,6 +31,8 @@ use crate::task::{ErrorInfo, ResultDocument, codes, truncate};
 
 /// How long tasks that were told to give up may take to requeue their message.
 const GIVE_UP_BOUND: Duration = Duration::from_secs(5);
+/// How long opening channels, declaring and subscribing may take on a new connection.
+const SETUP_BOUND: Duration = Duration::from_secs(10);
 /// How long taking unparsable messages off the queue may take.
 const QUARANTINE_BOUND: Duration = Duration::from_secs(60);
 
@@ -86,30 +88,23 @@ impl Session for ConsumeSession {
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, AmqpError> {
         if self.unparsable {
-            self.quarantine().await;
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                () = self.quarantine() => {}
+            }
         }
+        // A broker that finished the handshake may still never answer a channel open or
+        // a declaration: setting up is bounded like connecting, and raced with shutdown.
+        let set_up = tokio::select! {
+            () = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+            set_up = tokio::time::timeout(SETUP_BOUND, self.set_up(connection)) => set_up,
+        };
+        let (publisher, channel, mut consumer) = set_up.map_err(|_| AmqpError::Timeout {
+            operation: "setting up (channels, declarations, subscription)".into(),
+            timeout: SETUP_BOUND,
+        })??;
         let config = &self.config;
         let queue = self.topology.queue.as_str();
-        let publisher = Publisher::open(connection).await?;
-        self.topology.declare_all(publisher.channel()).await?;
-        if !config.results_queue.is_empty() {
-            self.topology
-                .declare_results_queue(
-                    publisher.channel(),
-                    &config.results_queue,
-                    Some(config.results_queue_max_length),
-                )
-                .await?;
-        }
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| AmqpError::amqp("opening the consume channel", e))?;
-        channel
-            .basic_qos(config.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| AmqpError::amqp("setting prefetch", e))?;
-        let mut consumer = subscribe(&channel, queue).await?;
 
         // Tasks stop retrying when this fires: the grace period is over, or the session
         // is gone and their acks could not reach the broker anyway.
@@ -198,6 +193,35 @@ impl Session for ConsumeSession {
 }
 
 impl ConsumeSession {
+    /// Opens the publishing and consuming channels, declares the topology and subscribes.
+    async fn set_up(
+        &self,
+        connection: &Connection,
+    ) -> Result<(Publisher, Channel, lapin::Consumer), AmqpError> {
+        let config = &self.config;
+        let publisher = Publisher::open(connection).await?;
+        self.topology.declare_all(publisher.channel()).await?;
+        if !config.results_queue.is_empty() {
+            self.topology
+                .declare_results_queue(
+                    publisher.channel(),
+                    &config.results_queue,
+                    Some(config.results_queue_max_length),
+                )
+                .await?;
+        }
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| AmqpError::amqp("opening the consume channel", e))?;
+        channel
+            .basic_qos(config.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| AmqpError::amqp("setting prefetch", e))?;
+        let consumer = subscribe(&channel, &self.topology.queue).await?;
+        Ok((publisher, channel, consumer))
+    }
+
     /// Moves messages lapin cannot parse from the head of the task queue to the
     /// dead-letter queue; on failure, tries again before the next session.
     async fn quarantine(&mut self) {

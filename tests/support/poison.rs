@@ -56,6 +56,9 @@ pub enum Behaviour {
     Silent,
     /// Reads the client's protocol header, then closes.
     HangUpInHandshake,
+    /// Completes the handshake (start, tune, open), then never answers again: channels
+    /// are never opened, nothing is declared.
+    SilentAfterOpen,
 }
 
 impl FakeBroker {
@@ -73,6 +76,11 @@ impl FakeBroker {
                 match listener.accept() {
                     Ok((mut stream, _)) => match behaviour {
                         Behaviour::Silent => held.push(stream),
+                        Behaviour::SilentAfterOpen => {
+                            let _ = stream.set_nonblocking(false);
+                            let flag = flag.clone();
+                            std::thread::spawn(move || serve_handshake_then_nothing(stream, &flag));
+                        }
                         Behaviour::HangUpInHandshake => {
                             let _ = stream.set_nonblocking(false);
                             let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
@@ -90,6 +98,56 @@ impl FakeBroker {
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
+}
+
+/// The broker's half of the AMQP handshake, then silence until `stop`.
+fn serve_handshake_then_nothing(mut stream: TcpStream, stop: &AtomicBool) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut header = [0u8; 8];
+    if stream.read_exact(&mut header).is_err() {
+        return;
+    }
+    let mut start = method(10, 10);
+    start.extend([0, 9]);
+    start.extend(0u32.to_be_bytes());
+    long(&mut start, b"PLAIN");
+    long(&mut start, b"en_US");
+    send(&mut stream, 1, 0, &start);
+    let _ = read_frame(&mut stream); // start-ok
+    let mut tune = method(10, 30);
+    tune.extend(2047u16.to_be_bytes());
+    tune.extend(131_072u32.to_be_bytes());
+    tune.extend(0u16.to_be_bytes());
+    send(&mut stream, 1, 0, &tune);
+    let _ = read_frame(&mut stream); // tune-ok
+    let _ = read_frame(&mut stream); // open
+    let mut open_ok = method(10, 41);
+    short(&mut open_ok, b"");
+    send(&mut stream, 1, 0, &open_ok);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut sink = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head = [0u8; 7];
+    stream.read_exact(&mut head)?;
+    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+    let mut payload = vec![0u8; size + 1];
+    stream.read_exact(&mut payload)?;
+    payload.pop();
+    Ok(payload)
 }
 
 impl Drop for FakeBroker {
