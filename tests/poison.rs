@@ -130,9 +130,11 @@ fn message_id_with_invalid_utf8_is_dead_lettered() {
     amqp.declare_queue(&setup.queue, FieldTable::default());
     let mut consumer = setup.start();
 
+    // Good messages before it too: their results are in flight when the connection dies.
+    let mut good = publish_good(amqp, &setup.queue, "utf8-id-before", 50);
     publish_raw(5672, &setup.queue, b"bad-\xff\xfe-id", b"fact:4");
     let published = Instant::now();
-    let good = publish_good(amqp, &setup.queue, "utf8-id", 3);
+    good.extend(publish_good(amqp, &setup.queue, "utf8-id-after", 50));
     let seen = watch.counter.wait_for_all(&good, GOOD_WITHIN);
     let elapsed = published.elapsed();
     for id in &good {

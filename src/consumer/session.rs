@@ -177,6 +177,22 @@ impl Session for ConsumeSession {
                 // The broker requeues whatever was unacked when the connection goes.
                 give_up.cancel();
                 in_flight.abort_all();
+                // A failed publish may have been noticed before the subscription's own
+                // error: look for a parse error there too, or the unparsable message
+                // would not be swept before the next session.
+                if !self.unparsable {
+                    let pending = async {
+                        while let Some(next) = consumer.next().await {
+                            if let Err(e) = next {
+                                return matches!(e.kind(), lapin::ErrorKind::ParsingError(_));
+                            }
+                        }
+                        false
+                    };
+                    self.unparsable = tokio::time::timeout(Duration::from_millis(200), pending)
+                        .await
+                        .unwrap_or(false);
+                }
             }
         }
         Ok(end)
