@@ -7,12 +7,15 @@
 //! - [`publish`]: confirmed publishing on a channel in confirm mode;
 //! - [`producer`]: publishing tasks (labmq-produce, labmq-web's submits) and waiting for
 //!   their results over direct reply-to;
+//! - [`quarantine`]: taking messages lapin cannot parse (properties that are not UTF-8)
+//!   off the head of a queue with a minimal client of its own, so they cannot wedge it;
 //! - [`session`]: the one reconnecting session driver that the consumer and labmq-web's
 //!   results ingest both run (connect with a time limit, one log line per outage,
 //!   backoff, bounded close).
 
 pub mod producer;
 pub(crate) mod publish;
+pub mod quarantine;
 pub(crate) mod session;
 pub mod settings;
 pub mod topology;

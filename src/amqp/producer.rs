@@ -81,6 +81,18 @@ impl Producer {
             .connect(client_name, connect_timeout)
             .await
             .map_err(ProduceError::Unreachable)?;
+        // A broker that took the connection may still never answer on it.
+        tokio::time::timeout(connect_timeout, Self::set_up(connection, topology))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProduceError::Unreachable(AmqpError::Timeout {
+                    operation: "opening a channel and declaring the task queue".into(),
+                    timeout: connect_timeout,
+                }))
+            })
+    }
+
+    async fn set_up(connection: Connection, topology: &Topology) -> Result<Self, ProduceError> {
         let channel = open_channel(&connection).await?;
         // The common case costs one round trip on the channel that will publish; only a
         // refused declaration (which closes its channel) needs a second channel.

@@ -114,14 +114,46 @@ pub fn unix_now() -> u64 {
 pub fn persistent(content_type: &str, message_id: &str) -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
-        .with_content_type(content_type.into())
-        .with_message_id(message_id.into())
+        .with_content_type(short_string(content_type))
+        .with_message_id(short_string(message_id))
         .with_timestamp(unix_now())
 }
 
+/// `text` as an AMQP short string, cut at a character boundary to its 255-byte limit
+/// (lapin's `From<&str>` panics beyond it). Callers that need a recognisable id shorten
+/// it themselves first; this only makes sure nothing panics.
+pub fn short_string(text: &str) -> ShortString {
+    let mut cut = text.len().min(MAX_SHORT_STRING);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    ShortString::try_new(&text[..cut]).unwrap_or_default()
+}
+
+/// The longest AMQP short string, in bytes.
+pub const MAX_SHORT_STRING: usize = 255;
+
 pub fn header(headers: &mut FieldTable, key: &str, value: impl Into<String>) {
     headers.insert(
-        ShortString::from(key),
+        short_string(key),
         AMQPValue::LongString(value.into().into()),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_long_short_strings_are_cut_not_panicked_on() {
+        let long = "é".repeat(200);
+        let cut = short_string(&long);
+        assert!(cut.as_str().len() <= MAX_SHORT_STRING);
+        assert!(long.starts_with(cut.as_str()));
+        let properties = persistent("text/plain", &"x".repeat(300));
+        assert_eq!(
+            properties.message_id().as_ref().unwrap().as_str().len(),
+            255
+        );
+    }
 }

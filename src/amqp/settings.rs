@@ -177,6 +177,12 @@ impl AmqpTarget {
         Ok(Self { uri })
     }
 
+    /// The parsed URL, password included: for clients that speak AMQP themselves
+    /// ([`super::quarantine`]). Never print it.
+    pub(crate) fn uri(&self) -> &AMQPUri {
+        &self.uri
+    }
+
     /// `amqp://user@host:port/vhost`: safe to print anywhere.
     pub fn redacted(&self) -> String {
         let scheme = match self.uri.scheme {

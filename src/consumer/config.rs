@@ -29,6 +29,15 @@ pub struct ConsumerConfig {
     pub concurrency: usize,
     /// Larger bodies are dead-lettered unread.
     pub max_body_bytes: usize,
+    /// A body with more tasks is dead-lettered before any runs.
+    pub max_tasks_per_message: usize,
+    /// Result documents of one body may weigh this much in all; a body whose results
+    /// would (or do) weigh more is dead-lettered, so one message cannot exhaust memory.
+    pub max_result_bytes_per_message: usize,
+    /// Calls for one task that the server got but did not answer (deadline exceeded,
+    /// overloaded, died mid-call) before the message is dead-lettered. Outages, where the
+    /// call never reached a server, do not count: those tasks wait.
+    pub max_attempts: u32,
     /// Deadline of one gRPC call.
     pub grpc_timeout_secs: u64,
     /// First and longest wait between retries of a task whose server is unavailable.
@@ -51,6 +60,9 @@ impl Default for ConsumerConfig {
             prefetch: 128,
             concurrency: 64,
             max_body_bytes: 2 * 1024 * 1024,
+            max_tasks_per_message: 1000,
+            max_result_bytes_per_message: 8 * 1024 * 1024,
+            max_attempts: 5,
             grpc_timeout_secs: 30,
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
@@ -102,6 +114,12 @@ impl Service for ConsumerConfig {
         check_positive("prefetch", self.prefetch.into())?;
         check_positive("concurrency", self.concurrency as u64)?;
         check_positive("max_body_bytes", self.max_body_bytes as u64)?;
+        check_positive("max_tasks_per_message", self.max_tasks_per_message as u64)?;
+        check_positive(
+            "max_result_bytes_per_message",
+            self.max_result_bytes_per_message as u64,
+        )?;
+        check_positive("max_attempts", self.max_attempts.into())?;
         check_positive("grpc_timeout_secs", self.grpc_timeout_secs)?;
         if self.retry_initial_ms == 0 || self.retry_initial_ms > self.retry_max_ms {
             return invalid(

@@ -10,16 +10,27 @@ use tokio_util::sync::CancellationToken;
 
 use super::status::StatusBoard;
 use crate::daemon::backoff;
-use crate::grpc::client::{CallError, ComputeClient};
+use crate::grpc::client::{CallError, ComputeClient, Failure};
 use crate::task::{
-    ErrorInfo, ResultDocument, Task, TaskKind, TaskOutput, TaskParseError, codes, parse_list,
-    truncate,
+    ErrorInfo, MAX_TASK_CHARS, ResultDocument, Task, TaskKind, TaskOutput, TaskParseError, codes,
+    parse_list, truncate,
 };
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     pub initial: Duration,
     pub max: Duration,
+    /// Calls the server got without answering (deadline, overload, died mid-call) before
+    /// the task is given up; outages (the call never reached a server) do not count.
+    pub max_attempts: u32,
+}
+
+/// What one message may cost, each a config key of the same name.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_tasks_per_message: usize,
+    pub max_result_bytes_per_message: usize,
 }
 
 pub enum Verdict {
@@ -36,10 +47,14 @@ pub enum Verdict {
 pub struct Handler {
     pub client: Arc<ComputeClient>,
     pub retry: RetryPolicy,
-    pub max_body_bytes: usize,
+    pub limits: Limits,
     pub status: Arc<StatusBoard>,
     pub shutdown: CancellationToken,
 }
+
+/// AMQP short strings (a result's `message_id`) hold at most 255 bytes; a task id is the
+/// message id plus `#N`, so the message id part is kept to this.
+pub const MAX_ID_BYTES: usize = 200;
 
 /// A stable id for a message without `message_id`: the same body always gets the same
 /// id, so a redelivery is recognisable downstream.
@@ -48,7 +63,166 @@ pub fn derived_id(body: &[u8]) -> String {
     format!("sha256-{}", hex::encode(&digest[..12]))
 }
 
-/// The `kind` a task was meant to be, from its prefix, even when it did not parse.
+/// The id results of a message carry: its `message_id` when it fits, else the id's
+/// start and a digest of the whole (`<first bytes>~<24 hex>`), so an over-long id stays
+/// recognisable, stable across redeliveries and distinct from other long ids; the
+/// body's digest when the message has no id.
+pub fn message_key(message_id: Option<&str>, body: &[u8]) -> String {
+    match message_id.filter(|id| !id.is_empty()) {
+        None => derived_id(body),
+        Some(id) if id.len() <= MAX_ID_BYTES => id.to_owned(),
+        Some(id) => {
+            let digest = hex::encode(&Sha256::digest(id.as_bytes())[..12]);
+            let mut cut = MAX_ID_BYTES - 1 - digest.len();
+            while !id.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            format!("{}~{digest}", &id[..cut])
+        }
+    }
+}
+
+/// One task of a message, ready to run (or already known to be malformed).
+pub struct Planned {
+    pub id: String,
+    pub item: String,
+    pub parsed: Result<Task, TaskParseError>,
+}
+
+/// Why a message is refused as a whole, before any task runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub error: ErrorInfo,
+    /// What the failure result shows as the task (a bounded excerpt of the body).
+    pub task: String,
+}
+
+impl Refused {
+    fn new(code: &str, message: String, task: String) -> Self {
+        Self {
+            error: ErrorInfo {
+                code: code.to_owned(),
+                message,
+            },
+            task,
+        }
+    }
+}
+
+/// Decodes and splits a body and checks it against `limits`: everything about a message
+/// that can be judged without calling the server. Never panics, whatever the bytes.
+pub fn plan(message_id: &str, body: &[u8], limits: &Limits) -> Result<Vec<Planned>, Refused> {
+    let excerpt = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+    if body.len() > limits.max_body_bytes {
+        return Err(Refused::new(
+            codes::BODY_TOO_LARGE,
+            format!(
+                "body is {} bytes, over the limit of {} bytes (max_body_bytes)",
+                body.len(),
+                limits.max_body_bytes
+            ),
+            excerpt(),
+        ));
+    }
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => text,
+        Err(e) => {
+            return Err(Refused::new(
+                codes::INVALID_UTF8,
+                format!("body is not valid UTF-8: {e}"),
+                excerpt(),
+            ));
+        }
+    };
+    let items = parse_list(text);
+    if items.is_empty() {
+        return Err(Refused::new(
+            codes::EMPTY_BODY,
+            "body holds no task".into(),
+            truncate(text, 200),
+        ));
+    }
+    if items.len() > limits.max_tasks_per_message {
+        return Err(Refused::new(
+            codes::TOO_MANY_TASKS,
+            format!(
+                "body holds {} tasks, over the limit of {} (max_tasks_per_message)",
+                items.len(),
+                limits.max_tasks_per_message
+            ),
+            truncate(text, 200),
+        ));
+    }
+    // A task whose result alone would be over the limit is left to the server, which
+    // refuses an `n` over its own maximum with a reason naming that limit; if it computes
+    // the result instead, the check on real results below refuses the message.
+    let estimate: usize = items
+        .iter()
+        .map(|(item, parsed)| match parsed {
+            Ok(task) => estimated_result_bytes(task),
+            Err(_) => item.len().min(1000) + RESULT_OVERHEAD,
+        })
+        .filter(|bytes| *bytes <= limits.max_result_bytes_per_message)
+        .fold(0, usize::saturating_add);
+    if estimate > limits.max_result_bytes_per_message {
+        return Err(Refused::new(
+            codes::RESULT_TOO_LARGE,
+            format!(
+                "results of this body would take about {estimate} bytes, over the limit of {} bytes (max_result_bytes_per_message)",
+                limits.max_result_bytes_per_message
+            ),
+            truncate(text, 200),
+        ));
+    }
+    let single = items.len() == 1;
+    Ok(items
+        .into_iter()
+        .enumerate()
+        .map(|(index, (item, parsed))| Planned {
+            id: if single {
+                message_id.to_owned()
+            } else {
+                format!("{message_id}#{}", index + 1)
+            },
+            item,
+            parsed,
+        })
+        .collect())
+}
+
+/// A result document's size apart from the answer itself.
+const RESULT_OVERHEAD: usize = 512;
+
+/// What a task's result document will weigh, known before computing it: n! has
+/// log10(n!) + 1 digits (Stirling), an upper-cased text is as long as the text.
+pub fn estimated_result_bytes(task: &Task) -> usize {
+    let answer = match task {
+        Task::Factorial(n) if *n > 1 => {
+            let n = *n as f64;
+            let log10 = n * (n / std::f64::consts::E).log10()
+                + 0.5 * (2.0 * std::f64::consts::PI * n).log10();
+            // Saturates for absurd n, which the server refuses anyway.
+            log10 as usize + 1
+        }
+        Task::Factorial(_) => 1,
+        Task::Upper(text) => text.len(),
+        Task::FrequentLetter(_) | Task::Ab(_) => 16,
+    };
+    answer
+        .saturating_add(task_text_bytes(task))
+        .saturating_add(RESULT_OVERHEAD)
+}
+
+fn task_text_bytes(task: &Task) -> usize {
+    match task {
+        Task::Factorial(_) => 24,
+        Task::FrequentLetter(text) | Task::Upper(text) | Task::Ab(text) => {
+            text.len().min(4 * MAX_TASK_CHARS)
+        }
+    }
+}
+
+/// The intended kind of a task, from its prefix, even when it did not parse.
 fn intended_kind(item: &str) -> Option<TaskKind> {
     let item = item.trim_start();
     if item.starts_with("fact:") {
@@ -64,65 +238,33 @@ fn intended_kind(item: &str) -> Option<TaskKind> {
     }
 }
 
+/// The single failure result and dead-letter reason of a message refused as a whole.
+pub fn refusal(message_id: &str, refused: Refused, started: Instant) -> Verdict {
+    Verdict::Done {
+        results: vec![ResultDocument::failure(
+            message_id.to_owned(),
+            &refused.task,
+            None,
+            refused.error.clone(),
+            0,
+            elapsed_ms(started),
+        )],
+        dead_letter: Some(refused.error),
+    }
+}
+
 impl Handler {
     pub async fn handle(&self, message_id: &str, body: &[u8]) -> Verdict {
         let started = Instant::now();
-        let reject = |code: &str, message: String, task: &str| {
-            let error = ErrorInfo {
-                code: code.to_owned(),
-                message,
-            };
-            Verdict::Done {
-                results: vec![ResultDocument::failure(
-                    message_id.to_owned(),
-                    task,
-                    None,
-                    error.clone(),
-                    0,
-                    elapsed_ms(started),
-                )],
-                dead_letter: Some(error),
-            }
+        let planned = match plan(message_id, body, &self.limits) {
+            Ok(planned) => planned,
+            Err(refused) => return refusal(message_id, refused, started),
         };
-        if body.len() > self.max_body_bytes {
-            return reject(
-                codes::BODY_TOO_LARGE,
-                format!(
-                    "body is {} bytes, over the limit of {} bytes (max_body_bytes)",
-                    body.len(),
-                    self.max_body_bytes
-                ),
-                &String::from_utf8_lossy(&body[..body.len().min(200)]),
-            );
-        }
-        let text = match std::str::from_utf8(body) {
-            Ok(text) => text,
-            Err(e) => {
-                return reject(
-                    codes::INVALID_UTF8,
-                    format!("body is not valid UTF-8: {e}"),
-                    &String::from_utf8_lossy(body),
-                );
-            }
-        };
-        let items = parse_list(text);
-        if items.is_empty() {
-            return reject(
-                codes::EMPTY_BODY,
-                "body holds no task".into(),
-                &truncate(text, 200),
-            );
-        }
-
-        let single = items.len() == 1;
-        let mut results = Vec::with_capacity(items.len());
+        let total = planned.len();
+        let mut results = Vec::with_capacity(total);
         let mut first_error = None;
-        for (index, (item, parsed)) in items.into_iter().enumerate() {
-            let id = if single {
-                message_id.to_owned()
-            } else {
-                format!("{message_id}#{}", index + 1)
-            };
+        let mut result_bytes = 0usize;
+        for (done, Planned { id, item, parsed }) in planned.into_iter().enumerate() {
             let task_started = Instant::now();
             let document = match parsed {
                 Err(e) => invalid_task(id, &item, &e, task_started),
@@ -145,6 +287,21 @@ impl Handler {
                     ),
                 },
             };
+            // The estimate in `plan` is the first line; this one holds whatever the
+            // server really sent (a server with other limits, a longer answer).
+            result_bytes = result_bytes.saturating_add(document.to_json().len());
+            if result_bytes > self.limits.max_result_bytes_per_message {
+                let refused = Refused::new(
+                    codes::RESULT_TOO_LARGE,
+                    format!(
+                        "results of this body reached {result_bytes} bytes after {} of {total} tasks, over the limit of {} bytes (max_result_bytes_per_message)",
+                        done + 1,
+                        self.limits.max_result_bytes_per_message
+                    ),
+                    String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+                );
+                return refusal(message_id, refused, started);
+            }
             if first_error.is_none() {
                 first_error = document.error.clone();
             }
@@ -156,11 +313,12 @@ impl Handler {
         }
     }
 
-    /// Calls the server until it gives a real answer or a permanent error; `None` if
-    /// shutdown interrupted the retries.
+    /// Calls the server until it gives a real answer or a permanent error, or until
+    /// `max_attempts` calls it got went unanswered; `None` if shutdown interrupted.
     async fn run_with_retry(&self, task: &Task) -> Option<(Result<TaskOutput, CallError>, u32)> {
         let mut delays = backoff::delays(self.retry.initial, self.retry.max);
         let mut attempts = 0u32;
+        let mut unanswered = 0u32;
         loop {
             if self.shutdown.is_cancelled() {
                 return None;
@@ -171,6 +329,20 @@ impl Handler {
                 Err(error) if error.is_transient() => {
                     self.status
                         .grpc_unavailable(&error.to_string(), call_started);
+                    if error.counts_as_attempt() {
+                        unanswered += 1;
+                        if unanswered >= self.retry.max_attempts {
+                            let gave_up = CallError {
+                                message: format!(
+                                    "{}; gave up after {unanswered} calls the server did not answer (max_attempts = {})",
+                                    error.message, self.retry.max_attempts
+                                ),
+                                failure: Failure::Permanent,
+                                ..error
+                            };
+                            return Some((Err(gave_up), attempts));
+                        }
+                    }
                     let delay = delays.next().unwrap_or(self.retry.max);
                     tokio::select! {
                         () = self.shutdown.cancelled() => return None,
@@ -212,6 +384,21 @@ fn elapsed_ms(since: Instant) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::amqp::publish::{MAX_SHORT_STRING, persistent};
+    use crate::consumer::dead_letter::{dead_letter_properties, encoded_table_bytes};
+    use crate::grpc::client::ClientOptions;
+    use crate::server::config::ServerConfig;
+    use lapin::BasicProperties;
+    use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+    use proptest::prelude::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_body_bytes: 4096,
+            max_tasks_per_message: 20,
+            max_result_bytes_per_message: 64 * 1024,
+        }
+    }
 
     #[test]
     fn derived_ids_are_stable_and_distinct() {
@@ -226,5 +413,231 @@ mod tests {
         assert_eq!(intended_kind("freq:"), Some(TaskKind::FrequentLetter));
         assert_eq!(intended_kind("user"), Some(TaskKind::Ab));
         assert_eq!(intended_kind(""), None);
+    }
+
+    #[test]
+    fn long_message_ids_are_shortened_recognisably_and_stably() {
+        let long = "m".repeat(254);
+        let key = message_key(Some(&long), b"fact:1,fact:2");
+        assert!(key.len() <= MAX_ID_BYTES, "{key}");
+        assert!(key.starts_with("mmmm"), "{key}");
+        assert_eq!(key, message_key(Some(&long), b"other body"));
+        let other = format!("{}n", "m".repeat(253));
+        assert_ne!(key, message_key(Some(&other), b""));
+        assert_eq!(message_key(Some("short"), b""), "short");
+        assert_eq!(message_key(Some(""), b"fact:1"), derived_id(b"fact:1"));
+        // Multi-byte characters are never cut in half.
+        let wide = "ж".repeat(127);
+        assert!(message_key(Some(&wide), b"").is_char_boundary(0));
+    }
+
+    #[test]
+    fn limits_refuse_before_any_work_and_name_their_key() {
+        let body = vec!["fact:100000"; 10_000].join(",");
+        let defaults = Limits {
+            max_body_bytes: 2 * 1024 * 1024,
+            max_tasks_per_message: 1000,
+            max_result_bytes_per_message: 8 * 1024 * 1024,
+        };
+        let refused = plan("m", body.as_bytes(), &defaults).err().unwrap();
+        assert_eq!(refused.error.code, codes::TOO_MANY_TASKS);
+        assert!(refused.error.message.contains("max_tasks_per_message"));
+        assert!(refused.error.message.contains("10000"));
+        let body = vec!["fact:100000"; 100].join(",");
+        let refused = plan("m", body.as_bytes(), &defaults).err().unwrap();
+        assert_eq!(refused.error.code, codes::RESULT_TOO_LARGE);
+        assert!(
+            refused
+                .error
+                .message
+                .contains("max_result_bytes_per_message (8388608)")
+                || refused
+                    .error
+                    .message
+                    .contains("8388608 bytes (max_result_bytes_per_message)"),
+            "{}",
+            refused.error.message
+        );
+        // 100000! has 456,574 digits; the estimate must not be below it.
+        let estimate = estimated_result_bytes(&Task::Factorial(100_000));
+        assert!((456_574..470_000).contains(&estimate), "{estimate}");
+        assert!(plan("m", b"fact:100000,fact:5", &defaults).is_ok());
+        // Out of the server's range: its INVALID_ARGUMENT names its limit, so it decides.
+        assert!(plan("m", b"fact:99999999,fact:5", &defaults).is_ok());
+    }
+
+    fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        // Bodies that look like task lists as well as raw noise.
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..max),
+            prop::collection::vec(
+                prop_oneof![
+                    Just(b"fact:".to_vec()),
+                    Just(b"freq:".to_vec()),
+                    Just(b"upper:".to_vec()),
+                    Just(b",".to_vec()),
+                    Just(b" ".to_vec()),
+                    Just("é".as_bytes().to_vec()),
+                    prop::collection::vec(any::<u8>(), 0..8),
+                    (0i64..200).prop_map(|n| n.to_string().into_bytes()),
+                ],
+                0..40
+            )
+            .prop_map(|parts| parts.concat()),
+        ]
+    }
+
+    fn text(max: usize) -> impl Strategy<Value = String> {
+        prop::collection::vec(any::<char>(), 0..max).prop_map(String::from_iter)
+    }
+
+    fn short(max: usize) -> impl Strategy<Value = Option<ShortString>> {
+        prop::option::of(text(max).prop_map(|t| crate::amqp::publish::short_string(&t)))
+    }
+
+    fn properties() -> impl Strategy<Value = BasicProperties> {
+        (
+            (short(80), short(80), short(80), short(80)),
+            prop::option::of(any::<u8>()),
+            prop::collection::vec((text(20), 0usize..40_000), 0..6),
+        )
+            .prop_map(
+                |((user, expiration, reply_to, correlation), priority, headers)| {
+                    let mut properties = BasicProperties::default();
+                    if let Some(v) = user {
+                        properties = properties.with_user_id(v);
+                    }
+                    if let Some(v) = expiration {
+                        properties = properties.with_expiration(v);
+                    }
+                    if let Some(v) = reply_to {
+                        properties = properties.with_reply_to(v);
+                    }
+                    if let Some(v) = correlation {
+                        properties = properties.with_correlation_id(v);
+                    }
+                    if let Some(v) = priority {
+                        properties = properties.with_priority(v);
+                    }
+                    let mut table = FieldTable::default();
+                    for (key, size) in headers {
+                        table.insert(
+                            crate::amqp::publish::short_string(&key),
+                            AMQPValue::LongString(LongString::from(vec![b'h'; size])),
+                        );
+                    }
+                    properties.with_headers(table)
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Whatever the bytes and the id: a plan or a reason, ids that fit a short string.
+        #[test]
+        fn plan_never_panics_and_ids_fit(id in prop::option::of(text(400)), body in bytes(6000)) {
+            let key = message_key(id.as_deref(), &body);
+            prop_assert!(key.len() <= MAX_ID_BYTES);
+            match plan(&key, &body, &limits()) {
+                Ok(planned) => {
+                    prop_assert!(!planned.is_empty());
+                    prop_assert!(planned.len() <= limits().max_tasks_per_message);
+                    for task in &planned {
+                        prop_assert!(task.id.len() <= MAX_SHORT_STRING);
+                        prop_assert!(ShortString::try_new(task.id.clone()).is_ok());
+                    }
+                }
+                Err(refused) => {
+                    prop_assert!(!refused.error.code.is_empty());
+                    prop_assert!(!refused.error.message.is_empty());
+                    prop_assert!(refused.task.len() <= 4 * 1000 + 64);
+                }
+            }
+        }
+
+        /// Any properties a publisher may set give a dead-letter copy the broker takes:
+        /// no foreign user_id, no expiration, headers within the frame.
+        #[test]
+        fn dead_letter_copies_are_always_publishable(original in properties(), reason in text(3000)) {
+            let error = ErrorInfo { code: "X".into(), message: reason };
+            let copy = dead_letter_properties(&original, &error, "tasks", 131_072);
+            prop_assert!(copy.user_id().is_none());
+            prop_assert!(copy.expiration().is_none());
+            let headers = copy.headers().clone().unwrap_or_default();
+            prop_assert!(encoded_table_bytes(&headers) + 4096 < 131_072);
+            let _ = persistent("application/json", &message_key(None, b""));
+        }
+    }
+
+    /// The whole handler against a real labmq-server: arbitrary bodies always end in
+    /// results, a dead-letter reason when one failed, and never a panic.
+    #[test]
+    fn handler_always_yields_results_or_a_reason() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = ServerConfig {
+            listen: ([127, 0, 0, 1], port).into(),
+            max_factorial_n: 500,
+            ..ServerConfig::default()
+        };
+        let shutdown = CancellationToken::new();
+        rt.spawn({
+            let shutdown = shutdown.clone();
+            async move { crate::server::run(&config, shutdown).await }
+        });
+        // Channels are made inside the runtime they will run on.
+        let _entered = rt.enter();
+        let client =
+            ComputeClient::lazy(&[format!("127.0.0.1:{port}")], &ClientOptions::default()).unwrap();
+        let handler = Handler {
+            client: Arc::new(client),
+            retry: RetryPolicy {
+                initial: Duration::from_millis(20),
+                max: Duration::from_millis(200),
+                max_attempts: 3,
+            },
+            limits: limits(),
+            status: Arc::new(StatusBoard::default()),
+            shutdown: CancellationToken::new(),
+        };
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 96,
+            ..ProptestConfig::default()
+        });
+        runner
+            .run(&(prop::option::of(text(300)), bytes(3000)), |(id, body)| {
+                let key = message_key(id.as_deref(), &body);
+                let verdict = rt.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(30), handler.handle(&key, &body)).await
+                });
+                let Ok(Verdict::Done {
+                    results,
+                    dead_letter,
+                }) = verdict
+                else {
+                    return Err(TestCaseError::fail("no verdict within 30 s, or abandoned"));
+                };
+                prop_assert!(!results.is_empty());
+                let failed = results.iter().any(|r| r.error.is_some());
+                prop_assert_eq!(failed, dead_letter.is_some());
+                for result in &results {
+                    prop_assert!(ShortString::try_new(result.id.clone()).is_ok());
+                    let json: serde_json::Value =
+                        serde_json::from_slice(&result.to_json()).unwrap();
+                    prop_assert_eq!(json["id"].as_str(), Some(result.id.as_str()));
+                }
+                Ok(())
+            })
+            .unwrap();
+        shutdown.cancel();
     }
 }

@@ -5,12 +5,15 @@
 //! - [`session`]: the work on one broker connection: up to `concurrency` tasks in flight,
 //!   each delivery acked only after its results (and, for a bad message, its dead-letter
 //!   copy) are confirmed by the broker; SIGTERM drains;
-//! - [`handle`]: one delivery's body in, result documents out (parse, call with retries);
+//! - [`handle`]: one delivery's body in, result documents out (parse, check the limits,
+//!   call with capped retries);
+//! - [`dead_letter`]: the properties of a bad message's dead-letter copy;
 //! - [`status`]: the `STATUS=` line and the one-line-per-outage gRPC log.
 //!
 //! The reconnect loop around sessions is the shared [`crate::amqp::session::Driver`].
 
 pub mod config;
+pub mod dead_letter;
 pub mod handle;
 mod session;
 mod status;

@@ -2,10 +2,11 @@
 //! `concurrency` tasks at once, ack each delivery only after its results are confirmed,
 //! and on SIGTERM drain within the grace period and requeue the rest.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::ShortString;
@@ -15,32 +16,45 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::config::ConsumerConfig;
-use super::handle::{Handler, RetryPolicy, Verdict, derived_id};
+use super::dead_letter::dead_letter_properties;
+use super::handle::{Handler, Limits, RetryPolicy, Verdict, message_key};
 use super::status::StatusBoard;
 use crate::amqp::AmqpError;
-use crate::amqp::publish::{Publisher, Route, confirmed, header, persistent};
+use crate::amqp::publish::{Publisher, Route, confirmed, persistent};
+use crate::amqp::quarantine;
 use crate::amqp::session::{Link, Session, SessionEnd, bounded_step};
 use crate::amqp::settings::AmqpTarget;
 use crate::amqp::topology::{Topology, subscribe};
 use crate::daemon::systemd;
 use crate::grpc::client::ComputeClient;
-use crate::task::{ErrorInfo, ResultDocument, now_rfc3339, truncate};
+use crate::task::{ErrorInfo, ResultDocument, codes, truncate};
 
 /// How long tasks that were told to give up may take to requeue their message.
 const GIVE_UP_BOUND: Duration = Duration::from_secs(5);
+/// How long opening channels, declaring and subscribing may take on a new connection.
+const SETUP_BOUND: Duration = Duration::from_secs(10);
+/// How long taking unparsable messages off the queue may take.
+const QUARANTINE_BOUND: Duration = Duration::from_secs(60);
 
 /// What every in-flight task shares.
 struct Context {
     handler: Handler,
     publisher: Publisher,
     topology: Topology,
+    /// The connection's negotiated frame size: a dead-letter copy's properties must fit
+    /// in one frame of it.
+    frame_max: u32,
     /// Tripped by a task whose publish failed: the session is broken and must reconnect.
     broken: CancellationToken,
 }
 
 pub(super) struct ConsumeSession {
     config: ConsumerConfig,
+    target: AmqpTarget,
     broker: String,
+    /// The last connection died parsing a delivery: before consuming again, take the
+    /// unparsable message off the queue (else every reconnect dies on it again).
+    unparsable: bool,
     client: Arc<ComputeClient>,
     topology: Topology,
     status: Arc<StatusBoard>,
@@ -56,7 +70,9 @@ impl ConsumeSession {
     ) -> Self {
         Self {
             config: config.clone(),
+            target: target.clone(),
             broker: target.redacted(),
+            unparsable: false,
             client,
             topology: config.amqp.topology(),
             status,
@@ -71,28 +87,24 @@ impl Session for ConsumeSession {
         connection: &Connection,
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, AmqpError> {
+        if self.unparsable {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                () = self.quarantine() => {}
+            }
+        }
+        // A broker that finished the handshake may still never answer a channel open or
+        // a declaration: setting up is bounded like connecting, and raced with shutdown.
+        let set_up = tokio::select! {
+            () = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+            set_up = tokio::time::timeout(SETUP_BOUND, self.set_up(connection)) => set_up,
+        };
+        let (publisher, channel, mut consumer) = set_up.map_err(|_| AmqpError::Timeout {
+            operation: "setting up (channels, declarations, subscription)".into(),
+            timeout: SETUP_BOUND,
+        })??;
         let config = &self.config;
         let queue = self.topology.queue.as_str();
-        let publisher = Publisher::open(connection).await?;
-        self.topology.declare_all(publisher.channel()).await?;
-        if !config.results_queue.is_empty() {
-            self.topology
-                .declare_results_queue(
-                    publisher.channel(),
-                    &config.results_queue,
-                    Some(config.results_queue_max_length),
-                )
-                .await?;
-        }
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| AmqpError::amqp("opening the consume channel", e))?;
-        channel
-            .basic_qos(config.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| AmqpError::amqp("setting prefetch", e))?;
-        let mut consumer = subscribe(&channel, queue).await?;
 
         // Tasks stop retrying when this fires: the grace period is over, or the session
         // is gone and their acks could not reach the broker anyway.
@@ -103,13 +115,19 @@ impl Session for ConsumeSession {
                 retry: RetryPolicy {
                     initial: Duration::from_millis(config.retry_initial_ms),
                     max: Duration::from_millis(config.retry_max_ms),
+                    max_attempts: config.max_attempts,
                 },
-                max_body_bytes: config.max_body_bytes,
+                limits: Limits {
+                    max_body_bytes: config.max_body_bytes,
+                    max_tasks_per_message: config.max_tasks_per_message,
+                    max_result_bytes_per_message: config.max_result_bytes_per_message,
+                },
                 status: self.status.clone(),
                 shutdown: give_up.clone(),
             },
             publisher,
             topology: self.topology.clone(),
+            frame_max: connection.configuration().frame_max(),
             broken: CancellationToken::new(),
         });
 
@@ -141,7 +159,10 @@ impl Session for ConsumeSession {
                     Some(Ok(delivery)) => {
                         in_flight.spawn(process(delivery, permit, context.clone()));
                     }
-                    Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
+                    Some(Err(e)) => {
+                        self.unparsable = matches!(e.kind(), lapin::ErrorKind::ParsingError(_));
+                        break SessionEnd::Lost(e.to_string());
+                    }
                     None => break SessionEnd::Lost("subscription cancelled by the broker".into()),
                 },
             }
@@ -156,6 +177,22 @@ impl Session for ConsumeSession {
                 // The broker requeues whatever was unacked when the connection goes.
                 give_up.cancel();
                 in_flight.abort_all();
+                // A failed publish may have been noticed before the subscription's own
+                // error: look for a parse error there too, or the unparsable message
+                // would not be swept before the next session.
+                if !self.unparsable {
+                    let pending = async {
+                        while let Some(next) = consumer.next().await {
+                            if let Err(e) = next {
+                                return matches!(e.kind(), lapin::ErrorKind::ParsingError(_));
+                            }
+                        }
+                        false
+                    };
+                    self.unparsable = tokio::time::timeout(Duration::from_millis(200), pending)
+                        .await
+                        .unwrap_or(false);
+                }
             }
         }
         Ok(end)
@@ -172,6 +209,55 @@ impl Session for ConsumeSession {
 }
 
 impl ConsumeSession {
+    /// Opens the publishing and consuming channels, declares the topology and subscribes.
+    async fn set_up(
+        &self,
+        connection: &Connection,
+    ) -> Result<(Publisher, Channel, lapin::Consumer), AmqpError> {
+        let config = &self.config;
+        let publisher = Publisher::open(connection).await?;
+        self.topology.declare_all(publisher.channel()).await?;
+        if !config.results_queue.is_empty() {
+            self.topology
+                .declare_results_queue(
+                    publisher.channel(),
+                    &config.results_queue,
+                    Some(config.results_queue_max_length),
+                )
+                .await?;
+        }
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| AmqpError::amqp("opening the consume channel", e))?;
+        channel
+            .basic_qos(config.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| AmqpError::amqp("setting prefetch", e))?;
+        let consumer = subscribe(&channel, &self.topology.queue).await?;
+        Ok((publisher, channel, consumer))
+    }
+
+    /// Moves messages lapin cannot parse from the head of the task queue to the
+    /// dead-letter queue; on failure, tries again before the next session.
+    async fn quarantine(&mut self) {
+        // The bad message is among those this consumer had prefetched and not yet
+        // parsed when the connection died; they are all back at the head of the queue.
+        let limit = usize::from(self.config.prefetch) + 1;
+        match quarantine::sweep(&self.target, &self.topology, limit, QUARANTINE_BOUND).await {
+            Ok(moved) => {
+                tracing::warn!(
+                    moved,
+                    "dead-lettered {moved} message(s) whose properties lapin cannot parse"
+                );
+                self.unparsable = false;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not take the unparsable message off the queue: {e}");
+            }
+        }
+    }
+
     /// SIGTERM: stop deliveries, let in-flight tasks finish within the grace period, then
     /// requeue everything still unacked.
     async fn drain(
@@ -223,17 +309,88 @@ impl ConsumeSession {
 }
 
 async fn process(delivery: Delivery, _slot: OwnedSemaphorePermit, context: Arc<Context>) {
-    let properties = &delivery.properties;
-    let message_id = properties
-        .message_id()
-        .as_ref()
-        .map(ShortString::to_string)
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(|| derived_id(&delivery.data));
-
-    let (results, dead_letter) = match context.handler.handle(&message_id, &delivery.data).await {
-        Verdict::Abandoned => {
+    let message_id = message_key(
+        delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(ShortString::as_str),
+        &delivery.data,
+    );
+    // A panic must not lose the delivery: dropped silently by the task set, it would stay
+    // unacked (holding a prefetch slot) until the connection goes, then come back.
+    let Err(reason) = guarded(handle_and_deliver(&delivery, &message_id, &context)).await else {
+        return;
+    };
+    let count = context.handler.status.panicked();
+    tracing::error!(
+        task_id = %message_id, panic = %reason, panics = count,
+        "handling the message panicked; dead-lettering it: {reason}"
+    );
+    let error = ErrorInfo {
+        code: codes::PANIC.into(),
+        message: format!("handling the message panicked: {reason}"),
+    };
+    let result = ResultDocument::failure(
+        message_id.clone(),
+        &String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(200)]),
+        None,
+        error.clone(),
+        0,
+        0.0,
+    );
+    match guarded(deliver(&context, &delivery, &[result], Some(&error))).await {
+        Ok(Ok(())) => {
+            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                tracing::warn!(task_id = %message_id, error = %e, "ack failed; the broker will redeliver");
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(task_id = %message_id, error = %e, "could not dead-letter the message; it stays queued");
+            context.broken.cancel();
             requeue(&delivery, &message_id).await;
+        }
+        // Even the bare dead-letter copy panicked: requeue once, and drop it the second
+        // time rather than loop on it forever.
+        Err(again) => {
+            if delivery.redelivered {
+                tracing::error!(task_id = %message_id, panic = %again, "dead-lettering panicked again on a redelivery; the message is dropped");
+                let options = BasicNackOptions {
+                    multiple: false,
+                    requeue: false,
+                };
+                let _ = delivery.acker.nack(options).await;
+            } else {
+                tracing::error!(task_id = %message_id, panic = %again, "dead-lettering panicked; requeueing the message once");
+                requeue(&delivery, &message_id).await;
+            }
+        }
+    }
+}
+
+/// Runs `work`, turning a panic into `Err` with what the panic said.
+async fn guarded<T>(work: impl std::future::Future<Output = T>) -> Result<T, String> {
+    AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|panic| panic_message(panic.as_ref()))
+}
+
+/// What a panic carried, for the log and the dead-letter reason.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        truncate(text, 1000)
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
+async fn handle_and_deliver(delivery: &Delivery, message_id: &str, context: &Context) {
+    let (results, dead_letter) = match context.handler.handle(message_id, &delivery.data).await {
+        Verdict::Abandoned => {
+            requeue(delivery, message_id).await;
             return;
         }
         Verdict::Done {
@@ -242,10 +399,10 @@ async fn process(delivery: Delivery, _slot: OwnedSemaphorePermit, context: Arc<C
         } => (results, dead_letter),
     };
 
-    if let Err(e) = deliver(&context, &delivery, &results, dead_letter.as_ref()).await {
+    if let Err(e) = deliver(context, delivery, &results, dead_letter.as_ref()).await {
         tracing::warn!(task_id = %message_id, error = %e, "could not publish the result; the message stays queued");
         context.broken.cancel();
-        requeue(&delivery, &message_id).await;
+        requeue(delivery, message_id).await;
         return;
     }
     if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
@@ -259,6 +416,10 @@ async fn process(delivery: Delivery, _slot: OwnedSemaphorePermit, context: Arc<C
 
 /// Publishes every result (exchange and `reply_to`) and the dead-letter copy if any, all
 /// sent at once, then waits for every confirm: one broker round trip per message.
+///
+/// Replies are best effort: a requester's queue that is gone or full (`reject-publish`)
+/// refuses them, which is logged and never fails the message (the result is on the
+/// results exchange all the same).
 async fn deliver(
     context: &Context,
     delivery: &Delivery,
@@ -277,7 +438,8 @@ async fn deliver(
         routing_key: "",
         mandatory: false,
     };
-    let mut pending = Vec::with_capacity(results.len() * 2 + 1);
+    let mut pending = Vec::with_capacity(results.len() + 1);
+    let mut replies = Vec::new();
     for document in results {
         let body = document.to_json();
         let result_properties = persistent("application/json", &document.id);
@@ -299,34 +461,22 @@ async fn deliver(
                 routing_key: reply_to,
                 mandatory: false,
             };
-            pending.push((
+            replies.push(
                 context
                     .publisher
                     .send(&reply_route, &body, reply_properties)
                     .await?,
-                "reply_to",
-            ));
+            );
         }
     }
     if let Some(error) = dead_letter {
         let queue = context.topology.dead_letter_queue();
-        let mut headers = properties.headers().clone().unwrap_or_default();
-        header(&mut headers, "x-labmq-error-code", error.code.as_str());
-        header(
-            &mut headers,
-            "x-labmq-error-reason",
-            truncate(&error.message, 1000),
+        let dead_properties = dead_letter_properties(
+            properties,
+            error,
+            &context.topology.queue,
+            context.frame_max,
         );
-        header(
-            &mut headers,
-            "x-labmq-original-queue",
-            context.topology.queue.as_str(),
-        );
-        header(&mut headers, "x-labmq-dead-lettered-at", now_rfc3339());
-        let dead_properties = properties
-            .clone()
-            .with_headers(headers)
-            .with_delivery_mode(crate::amqp::publish::PERSISTENT);
         let dead_route = Route {
             exchange: "",
             routing_key: &queue,
@@ -342,6 +492,15 @@ async fn deliver(
     }
     for (confirm, target) in pending {
         confirmed(confirm, target).await?;
+    }
+    for reply in replies {
+        if let Err(e) = confirmed(reply, "reply_to").await {
+            let reply_to = reply_to.as_deref().unwrap_or_default();
+            tracing::warn!(
+                reply_to, error = %e,
+                "reply to {reply_to} refused; the result is on the results exchange only: {e}"
+            );
+        }
     }
     Ok(())
 }
@@ -378,5 +537,28 @@ fn log_processed(document: &ResultDocument, redelivered: bool) {
                 "task failed; message dead-lettered: {task} ({kind}) {}: {reason}", error.code
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_becomes_an_error_with_its_message() {
+        let long = "x".repeat(300);
+        let outcome = guarded(async {
+            // What main did with a 254-byte message_id.
+            let _ = ShortString::from(long.as_str());
+        })
+        .await;
+        let reason = outcome.unwrap_err();
+        assert!(
+            reason.contains("ShortString exceeds maximum length"),
+            "{reason}"
+        );
+        let formatted = guarded(async { panic!("task {} broke", 7) }).await;
+        assert_eq!(formatted.unwrap_err(), "task 7 broke");
+        assert_eq!(guarded(async { 5 }).await, Ok(5));
     }
 }

@@ -15,6 +15,8 @@ struct State {
     /// previous state (e.g. an answer that was already on its way when the server died)
     /// and must not flip the state back.
     grpc_changed_at: Instant,
+    /// Deliveries whose handling panicked since start (each was dead-lettered).
+    panics: u64,
 }
 
 pub struct StatusBoard {
@@ -29,6 +31,7 @@ impl Default for StatusBoard {
                 broker: "starting".into(),
                 grpc_down: None,
                 grpc_changed_at: Instant::now(),
+                panics: 0,
             }),
             notifier: Notifier::spawn(),
         }
@@ -80,19 +83,37 @@ impl StatusBoard {
         self.notifier.post(render(&state));
     }
 
+    /// Handling one delivery panicked: counted, and shown in the status line from then
+    /// on, since a panic is a bug an operator should hear about.
+    pub fn panicked(&self) -> u64 {
+        let Ok(mut state) = self.state.lock() else {
+            return 0;
+        };
+        state.panics += 1;
+        self.notifier.post(render(&state));
+        state.panics
+    }
+
     pub fn line(&self) -> String {
         self.state.lock().map(|s| render(&s)).unwrap_or_default()
     }
 }
 
 fn render(state: &State) -> String {
-    match &state.grpc_down {
+    let mut line = match &state.grpc_down {
         None => state.broker.clone(),
         Some(error) => format!(
             "{}; gRPC server unavailable, retrying ({error})",
             state.broker
         ),
+    };
+    if state.panics > 0 {
+        line.push_str(&format!(
+            "; {} message(s) dead-lettered after a panic",
+            state.panics
+        ));
     }
+    line
 }
 
 /// Sends STATUS= lines from a thread of its own, newest only, so no task (and no lock

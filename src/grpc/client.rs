@@ -39,8 +39,13 @@ pub enum ClientError {
 /// Whether a failed call may succeed when tried again later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// The server is down, overloaded or slow: keep the task and retry.
+    /// The call never reached a server (connection refused, no route, the server said
+    /// it is unavailable): an outage. Keep the task and wait, however long it lasts.
     Transient,
+    /// The server got the call and gave no answer (deadline, overload, died mid-call):
+    /// retry, but only `max_attempts` times, since a task that makes every server time
+    /// out or crash would otherwise be retried forever, each try costing the server work.
+    Attempted,
     /// The server answered that the task itself is wrong: retrying cannot help.
     Permanent,
 }
@@ -54,8 +59,14 @@ pub struct CallError {
 }
 
 impl CallError {
+    /// Worth trying again (on another address, or later).
     pub fn is_transient(&self) -> bool {
-        self.failure == Failure::Transient
+        matches!(self.failure, Failure::Transient | Failure::Attempted)
+    }
+
+    /// The server got this call: the attempt counts toward the retry cap.
+    pub fn counts_as_attempt(&self) -> bool {
+        self.failure == Failure::Attempted
     }
 }
 
@@ -66,10 +77,13 @@ impl From<Status> for CallError {
         // sent has none. Only the server's own answers are permanent.
         let from_transport = std::error::Error::source(&status).is_some();
         let failure = match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
-                Failure::Transient
+            // Refused connections and a draining server: nothing was computed.
+            Code::Unavailable => Failure::Transient,
+            // The server had the call: it ran out of time or room, or died under it.
+            Code::DeadlineExceeded | Code::Cancelled | Code::Aborted | Code::ResourceExhausted => {
+                Failure::Attempted
             }
-            Code::Unknown | Code::Internal if from_transport => Failure::Transient,
+            Code::Unknown | Code::Internal if from_transport => Failure::Attempted,
             _ => Failure::Permanent,
         };
         CallError {
@@ -304,4 +318,37 @@ async fn call(
                 .group,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(status: Status) -> Failure {
+        CallError::from(status).failure
+    }
+
+    #[test]
+    fn outages_wait_calls_the_server_had_count_answers_are_final() {
+        assert_eq!(failure(Status::unavailable("down")), Failure::Transient);
+        for status in [
+            Status::deadline_exceeded("slow"),
+            Status::resource_exhausted("full"),
+            Status::cancelled("timeout"),
+            Status::aborted("x"),
+        ] {
+            assert_eq!(failure(status), Failure::Attempted);
+        }
+        // The server's own UNKNOWN/INTERNAL is an answer; one made here from a broken
+        // transport means the server died under the call.
+        assert_eq!(failure(Status::internal("bug")), Failure::Permanent);
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(
+            failure(Status::from_error(Box::new(io))),
+            Failure::Attempted
+        );
+        assert_eq!(failure(Status::invalid_argument("n")), Failure::Permanent);
+        assert!(CallError::from(Status::deadline_exceeded("d")).is_transient());
+        assert!(!CallError::from(Status::unavailable("d")).counts_as_attempt());
+    }
 }

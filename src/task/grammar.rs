@@ -226,6 +226,29 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, ..Default::default() })]
+
+        /// Any text parses to a task or an error, never a panic, and what parses prints
+        /// back to a text that parses to the same task.
+        #[test]
+        fn any_text_parses_or_errs_and_round_trips(
+            chars in proptest::collection::vec(proptest::prelude::any::<char>(), 0..200),
+            prefix in proptest::sample::select(vec!["", "fact:", "freq:", "upper:", " fact: ", ","]),
+        ) {
+            let input = format!("{prefix}{}", String::from_iter(chars));
+            if let Ok(task) = Task::parse(&input) {
+                proptest::prop_assert_eq!(Task::parse(&task.to_string()), Ok(task));
+            }
+            for (item, parsed) in parse_list(&input) {
+                proptest::prop_assert!(!item.is_empty() && !item.contains(','));
+                let _ = parsed;
+            }
+            let cut = truncate(&input, 10);
+            proptest::prop_assert!(cut.chars().count() <= 10 + 32);
+        }
+    }
+
     #[test]
     fn truncate_keeps_short_text_and_marks_cut() {
         assert_eq!(truncate("short", 10), "short");

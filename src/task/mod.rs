@@ -25,4 +25,4 @@ pub use grammar::{Task, TaskKind, TaskParseError};
 pub(crate) use grammar::{parse_list, truncate};
 pub use output::TaskOutput;
 pub use result::{ErrorInfo, ResultDocument};
-pub(crate) use result::{codes, now_rfc3339};
+pub(crate) use result::{MAX_TASK_CHARS, codes, now_rfc3339};

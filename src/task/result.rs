@@ -18,6 +18,12 @@ pub mod codes {
     pub const INVALID_UTF8: &str = "INVALID_UTF8";
     pub const BODY_TOO_LARGE: &str = "BODY_TOO_LARGE";
     pub const EMPTY_BODY: &str = "EMPTY_BODY";
+    /// More tasks in one body than `max_tasks_per_message`.
+    pub const TOO_MANY_TASKS: &str = "TOO_MANY_TASKS";
+    /// The results of one body over `max_result_bytes_per_message`.
+    pub const RESULT_TOO_LARGE: &str = "RESULT_TOO_LARGE";
+    /// Handling the message panicked; the panic message is the reason.
+    pub const PANIC: &str = "PANIC";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -525,5 +525,6 @@ pub fn spawn_server(config: &str) -> Server {
 }
 
 pub mod amqp;
+pub mod poison;
 pub mod rabbit;
 pub mod web;
