@@ -8,7 +8,9 @@ use clap::{Args, Parser};
 use serde::{Deserialize, Serialize};
 
 use crate::amqp::settings::{AmqpSettings, PASSWORD_KEY};
-use crate::daemon::service::{ConfigError, check_log_level, check_not_empty, invalid};
+use crate::daemon::service::{
+    ConfigError, check_log_level, check_not_empty, check_positive, invalid,
+};
 use crate::daemon::service::{DaemonArgs, Service};
 
 /// How long connecting to the broker may take (the ingest's sessions and each submit's
@@ -37,6 +39,35 @@ pub struct WebConfig {
     /// Submits accepted per minute, from all clients together (a token bucket that
     /// allows bursts of this size).
     pub submits_per_minute: u32,
+    /// Submits accepted per minute from one client (its IP address; an IPv6 client by
+    /// its /64), so one client cannot spend the whole `submits_per_minute`.
+    pub submits_per_minute_per_client: u32,
+    /// Most clients whose submit budget is remembered; the least recently seen is
+    /// forgotten first.
+    pub rate_limit_clients: usize,
+    /// Host names (the `Host` header without its port) the page and API answer to,
+    /// besides `localhost` and IP addresses: a guard against DNS rebinding. `"*"` turns
+    /// the check off.
+    pub allowed_hosts: Vec<String>,
+    /// Most HTTP connections open at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers (also the idle time of a
+    /// kept-alive connection), in seconds.
+    pub header_timeout_secs: u64,
+    /// How long a client may take to send a request's body, in seconds.
+    pub body_timeout_secs: u64,
+    /// Most results kept in the database; older ones are deleted (0: no limit).
+    pub retention_max_rows: u64,
+    /// Results stored longer ago than this are deleted, in days (0: no limit).
+    pub retention_max_days: u64,
+    /// How often retention runs, in seconds.
+    pub retention_interval_secs: u64,
+    /// `x-max-length` of `results_queue` (with `x-overflow = drop-head`): results that
+    /// pile up while labmq-web is stopped are bounded, the oldest dropped first.
+    pub results_queue_max_length: u32,
+    /// After SIGTERM, how long requests in flight and the results consumer may take to
+    /// finish before they are cut off, in seconds.
+    pub shutdown_grace_secs: u64,
     /// Results per page of the table and default `limit` of `/api/results`.
     pub page_size: usize,
     /// How long a submit waits for the broker's confirms.
@@ -56,6 +87,17 @@ impl Default for WebConfig {
             max_tasks_per_submit: 100,
             max_body_bytes: 64 * 1024,
             submits_per_minute: 120,
+            submits_per_minute_per_client: 30,
+            rate_limit_clients: 4096,
+            allowed_hosts: Vec::new(),
+            max_connections: 256,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            retention_max_rows: 1_000_000,
+            retention_max_days: 90,
+            retention_interval_secs: 300,
+            results_queue_max_length: 100_000,
+            shutdown_grace_secs: 10,
             page_size: 50,
             confirm_timeout_secs: 10,
             reconnect_max_secs: 10,
@@ -94,6 +136,35 @@ impl Service for WebConfig {
         }
         if self.submits_per_minute == 0 {
             return invalid("submits_per_minute", "must be at least 1");
+        }
+        if self.submits_per_minute_per_client == 0 {
+            return invalid("submits_per_minute_per_client", "must be at least 1");
+        }
+        if !(1..=1_000_000).contains(&self.rate_limit_clients) {
+            return invalid("rate_limit_clients", "must be between 1 and 1000000");
+        }
+        for host in &self.allowed_hosts {
+            if host.is_empty() || host.contains(['/', ' ', '@']) {
+                return invalid(
+                    "allowed_hosts",
+                    format!("{host:?} is not a host name (no port, scheme or path)"),
+                );
+            }
+        }
+        if !(1..=65_536).contains(&self.max_connections) {
+            return invalid("max_connections", "must be between 1 and 65536");
+        }
+        check_positive("header_timeout_secs", self.header_timeout_secs)?;
+        check_positive("body_timeout_secs", self.body_timeout_secs)?;
+        check_positive("retention_interval_secs", self.retention_interval_secs)?;
+        if self.retention_max_days > 36_500 {
+            return invalid("retention_max_days", "must be at most 36500 (0: no limit)");
+        }
+        if self.results_queue_max_length == 0 {
+            return invalid("results_queue_max_length", "must be at least 1");
+        }
+        if self.shutdown_grace_secs > 300 {
+            return invalid("shutdown_grace_secs", "must be at most 300");
         }
         if self.page_size == 0 || self.page_size > 1000 {
             return invalid("page_size", "must be between 1 and 1000");

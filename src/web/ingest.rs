@@ -3,8 +3,14 @@
 //! batches (what is already prefetched, up to [`BATCH`]), one transaction each, and acked
 //! only after that transaction is committed; a redelivery updates its row. A lost
 //! connection is followed by reconnect, redeclare and resume, with backoff.
+//!
+//! A batch the database refuses stays unacked and is retried with backoff
+//! ([`STORE_RETRY_FIRST`] doubling to [`STORE_RETRY_MAX`]) while `/healthz` says the
+//! database is failing: requeueing it would only bring it straight back, a busy loop of
+//! redeliveries. The queue itself is bounded (`results_queue_max_length`, drop-head).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::Connection;
@@ -21,10 +27,17 @@ use crate::task::ResultDocument;
 
 /// Most deliveries stored in one transaction (and the prefetch).
 const BATCH: u16 = 256;
+/// The first wait before storing a refused batch again.
+const STORE_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two tries of a refused batch.
+const STORE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub(super) struct Ingest {
-    /// The broker, for status lines (no password).
+    /// The broker, for status lines and `/healthz`: no user, no password.
     pub broker: String,
+    /// The broker as errors name it (with the user), replaced by `broker` in status text.
+    pub broker_in_errors: String,
+    pub max_length: u32,
     pub topology: Topology,
     pub queue: String,
     pub store: Store,
@@ -41,9 +54,7 @@ impl Session for Ingest {
             .create_channel()
             .await
             .map_err(|e| AmqpError::amqp("opening the results channel", e))?;
-        self.topology
-            .declare_results_queue(&channel, &self.queue, None)
-            .await?;
+        let channel = self.declare(connection, channel).await?;
         channel
             .basic_qos(BATCH, BasicQosOptions::default())
             .await
@@ -84,8 +95,10 @@ impl Session for Ingest {
                     None => break,
                 }
             }
-            if let Err(reason) = self.store_batch(&channel, batch).await {
-                break SessionEnd::Lost(reason);
+            match self.store_batch(&channel, batch, shutdown).await {
+                Ok(()) => {}
+                Err(Stop::Lost(reason)) => break SessionEnd::Lost(reason),
+                Err(Stop::Shutdown) => break SessionEnd::Shutdown,
             }
             if let Some(reason) = lost {
                 break SessionEnd::Lost(reason);
@@ -98,6 +111,7 @@ impl Session for Ingest {
         let text = match state {
             Link::Connecting => format!("broker: connecting to {}", self.broker),
             Link::Reconnecting { reason } => {
+                let reason = reason.replace(&self.broker_in_errors, &self.broker);
                 format!("broker: reconnecting to {} ({reason})", self.broker)
             }
         };
@@ -105,14 +119,58 @@ impl Session for Ingest {
     }
 }
 
+/// Why storing a batch stopped the session.
+enum Stop {
+    Lost(String),
+    Shutdown,
+}
+
 impl Ingest {
-    /// Stores a batch and acks it; on a database error requeues it and ends the session
-    /// (the reconnect backoff paces the retries).
+    /// Declares the results queue bounded by `max_length`. A queue that already exists
+    /// with other arguments (declared by an older labmq-web, without a length) makes the
+    /// broker close the channel: it is then used as it is, on a new channel, with a
+    /// warning that names the key and the way to apply it.
+    async fn declare(
+        &self,
+        connection: &Connection,
+        channel: lapin::Channel,
+    ) -> Result<lapin::Channel, AmqpError> {
+        let bounded = self
+            .topology
+            .declare_results_queue(&channel, &self.queue, Some(self.max_length))
+            .await;
+        match bounded {
+            Ok(()) => Ok(channel),
+            Err(e) if error_chain(&e).contains("PRECONDITION_FAILED") => {
+                tracing::warn!(
+                    queue = %self.queue,
+                    error = %error_chain(&e),
+                    "results queue {} exists with other arguments, so results_queue_max_length = {} is not applied and it stays unbounded; delete it while labmq-web is stopped to apply it",
+                    self.queue,
+                    self.max_length
+                );
+                let channel = connection
+                    .create_channel()
+                    .await
+                    .map_err(|e| AmqpError::amqp("opening the results channel", e))?;
+                self.topology
+                    .declare_results_queue(&channel, &self.queue, None)
+                    .await?;
+                Ok(channel)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores a batch and acks it. A database error keeps the batch unacked and tries
+    /// again with backoff until it is stored, the connection goes or shutdown comes (then
+    /// the batch is requeued for the next run).
     async fn store_batch(
         &self,
         channel: &lapin::Channel,
         batch: Vec<lapin::message::Delivery>,
-    ) -> Result<(), String> {
+        shutdown: &CancellationToken,
+    ) -> Result<(), Stop> {
         let Some(last_tag) = batch.last().map(|d| d.delivery_tag) else {
             return Ok(());
         };
@@ -132,23 +190,38 @@ impl Ingest {
             }
         }
         let count = documents.len();
-        if let Err(e) = self.store.upsert(documents).await {
-            tracing::error!(error = %error_chain(&e), "cannot store results; requeueing them");
-            let _ = channel
-                .basic_nack(
-                    last_tag,
-                    BasicNackOptions {
-                        multiple: true,
-                        requeue: true,
-                    },
-                )
-                .await;
-            return Err(format!("storing results: {}", error_chain(&e)));
+        let mut wait = STORE_RETRY_FIRST;
+        while let Err(e) = self.store.upsert(documents.clone()).await {
+            let error = error_chain(&e);
+            tracing::error!(error = %error, count, retry_in = ?wait, "cannot store results; keeping them unacked and retrying in {wait:?}");
+            self.status.database_write(Some(error));
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    let _ = channel
+                        .basic_nack(
+                            last_tag,
+                            BasicNackOptions {
+                                multiple: true,
+                                requeue: true,
+                            },
+                        )
+                        .await;
+                    return Err(Stop::Shutdown);
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+            if !channel.status().connected() {
+                return Err(Stop::Lost(
+                    "the results channel closed while the database was failing".into(),
+                ));
+            }
+            wait = (wait * 2).min(STORE_RETRY_MAX);
         }
+        self.status.database_write(None);
         channel
             .basic_ack(last_tag, BasicAckOptions { multiple: true })
             .await
-            .map_err(|e| format!("acking stored results: {e}"))?;
+            .map_err(|e| Stop::Lost(format!("acking stored results: {e}")))?;
         tracing::debug!(count, "results stored and acked");
         Ok(())
     }

@@ -5,7 +5,7 @@
 //! |--------------------------|--------------------------------------------------------|
 //! | `GET /`                  | the page: submit form and results table                |
 //! | `POST /submit`           | the form without JavaScript: the page with a report    |
-//! | `POST /api/tasks`        | JSON list of task strings → per-task report            |
+//! | `POST /api/tasks`        | JSON array of task strings → per-task report           |
 //! | `GET /api/results`       | `kind`, `ok`, `after`, `before`, `limit` → results     |
 //! | `GET /api/results/{id}`  | one result with its whole value                        |
 //! | `GET /results/{id}/value`| the whole value as a text download                     |
@@ -15,17 +15,18 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Form, Json, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Form, Json, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::http::{self, BODY_TIMEOUT_MARK, Guard, Peer};
 use super::page::{self, Filters, PageView};
 use super::status::Status;
 use super::store::{self, Store, StoredResult};
-use super::submit::{SubmitError, Submitter};
+use super::submit::{Inputs, SubmitError, Submitter};
 use crate::daemon::logging::error_chain;
 use crate::task::TaskKind;
 
@@ -41,7 +42,7 @@ pub struct AppState {
     pub max_body_bytes: usize,
 }
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, guard: Guard) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
         .route("/", get(index))
@@ -55,6 +56,11 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            guard.clone(),
+            http::timed_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(guard, http::guard))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
@@ -89,7 +95,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -129,9 +135,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A request body the extractor refused: too large (413), not JSON (400/415/422).
+/// A request body the extractor refused: too large (413), too slow (408), not JSON
+/// (400/415/422).
 fn body_error(status: StatusCode, text: String, max_body_bytes: usize) -> ApiError {
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
+    if text.contains(BODY_TIMEOUT_MARK) {
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", text)
+    } else if status == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             status,
             "body_too_large",
@@ -306,6 +315,7 @@ async fn result_value(
 
 async fn submit_api(
     State(state): State<AppState>,
+    peer: Option<Extension<Peer>>,
     body: Result<Json<Vec<String>>, JsonRejection>,
 ) -> Response {
     let Json(tasks) = match body {
@@ -314,22 +324,31 @@ async fn submit_api(
             return body_error(e.status(), e.body_text(), state.max_body_bytes).into_response();
         }
     };
-    match state.submitter.submit(&tasks).await {
+    let client = peer.map(|Extension(Peer(addr))| addr.ip());
+    match state.submitter.submit(Inputs::Api(&tasks), client).await {
         Ok(report) => Json(report).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }
 
+/// Health for anyone who can reach the port: states and counts, never the broker's
+/// user or URL credentials (the status text names the broker by host and port only).
 async fn healthz(State(state): State<AppState>) -> Response {
     let database = state.store.count().await;
+    let write_failure = state.status.database_failure();
     let (broker_ok, broker) = state.status.broker_state();
-    let database_ok = database.is_ok();
+    let database_ok = database.is_ok() && write_failure.is_none();
     let healthy = database_ok && broker_ok;
     let body = json!({
         "status": if healthy { "ok" } else { "unavailable" },
-        "database": match &database {
-            Ok(results) => json!({"ok": true, "results": results}),
-            Err(e) => json!({"ok": false, "error": error_chain(e)}),
+        "database": match (&database, &write_failure) {
+            (Ok(results), None) => json!({"ok": true, "results": results}),
+            (Ok(results), Some(error)) => json!({
+                "ok": false,
+                "results": results,
+                "error": format!("storing results fails: {error}"),
+            }),
+            (Err(e), _) => json!({"ok": false, "error": error_chain(e)}),
         },
         "broker": {"ok": broker_ok, "status": broker},
     });
@@ -403,6 +422,7 @@ struct SubmitFormData {
 /// The form's POST, for browsers without JavaScript: the page again, with the report.
 async fn submit_form(
     State(state): State<AppState>,
+    peer: Option<Extension<Peer>>,
     form: Result<Form<SubmitFormData>, FormRejection>,
 ) -> Response {
     let params = ListParams::default();
@@ -417,9 +437,10 @@ async fn submit_form(
             return render_page(&state, &params, error.status, Some(submitted)).await;
         }
     };
+    let client = peer.map(|Extension(Peer(addr))| addr.ip());
     let outcome = state
         .submitter
-        .submit(std::slice::from_ref(&form.tasks))
+        .submit(Inputs::Form(&form.tasks), client)
         .await;
     let (status, retry_after, outcome) = match outcome {
         Ok(report) => (StatusCode::OK, None, Ok(report)),

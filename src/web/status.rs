@@ -11,6 +11,8 @@ use crate::daemon::systemd;
 pub struct Status {
     listen: Mutex<Option<SocketAddr>>,
     broker: Mutex<(bool, String)>,
+    /// The last failed write of results, until one succeeds.
+    database: Mutex<Option<String>>,
 }
 
 impl Default for Status {
@@ -18,6 +20,7 @@ impl Default for Status {
         Self {
             listen: Mutex::new(None),
             broker: Mutex::new((false, "broker: starting".into())),
+            database: Mutex::new(None),
         }
     }
 }
@@ -44,6 +47,25 @@ impl Status {
         }
     }
 
+    /// Records whether the last write of results failed (`Some(error)`) or worked.
+    pub fn database_write(&self, failure: Option<String>) {
+        let changed = match self.database.lock() {
+            Ok(mut database) if *database != failure => {
+                *database = failure;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            systemd::status(&self.line());
+        }
+    }
+
+    /// The error of the last write of results, if it failed.
+    pub fn database_failure(&self) -> Option<String> {
+        self.database.lock().ok().and_then(|d| d.clone())
+    }
+
     /// `(connected, description)` of the broker side.
     pub fn broker_state(&self) -> (bool, String) {
         self.broker
@@ -55,7 +77,10 @@ impl Status {
     /// `serving on ADDR; broker: …`.
     pub fn line(&self) -> String {
         let listen = self.listen.lock().ok().and_then(|l| *l);
-        let broker = self.broker_state().1;
+        let mut broker = self.broker_state().1;
+        if let Some(error) = self.database_failure() {
+            broker = format!("{broker}; database failing: {error}");
+        }
         match listen {
             Some(addr) => format!("serving on {addr}; {broker}"),
             None => broker,

@@ -96,11 +96,26 @@ CREATE TABLE IF NOT EXISTS results (
     attempts INTEGER NOT NULL,
     processed_at TEXT NOT NULL,
     duration_ms REAL NOT NULL,
-    deliveries INTEGER NOT NULL DEFAULT 1
+    deliveries INTEGER NOT NULL DEFAULT 1,
+    stored_at INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS results_kind ON results (kind, seq);
 CREATE INDEX IF NOT EXISTS results_ok ON results (ok, seq);
 ";
+
+/// Databases created before retention have no `stored_at`; their rows count as stored
+/// when the column is added (0 would make the first age pass delete them all).
+const ADD_STORED_AT: &str = "ALTER TABLE results ADD COLUMN stored_at INTEGER NOT NULL DEFAULT 0;
+UPDATE results SET stored_at = CAST(strftime('%s', 'now') AS INTEGER);";
+
+/// What one retention pass may delete.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Rows kept, newest by `seq` (0: no limit).
+    pub max_rows: u64,
+    /// Rows stored longer ago than this are deleted, in seconds (0: no limit).
+    pub max_age_secs: u64,
+}
 
 impl Store {
     /// Opens (creating if needed) the database at `path`.
@@ -128,6 +143,19 @@ impl Store {
             .pragma_update(None, "synchronous", "FULL")
             .map_err(fail)?;
         connection.execute_batch(SCHEMA).map_err(fail)?;
+        let has_stored_at: bool = connection
+            .query_row(
+                "SELECT count(*) > 0 FROM pragma_table_info('results') WHERE name = 'stored_at'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(fail)?;
+        if !has_stored_at {
+            connection.execute_batch(ADD_STORED_AT).map_err(fail)?;
+        }
+        connection
+            .execute_batch("CREATE INDEX IF NOT EXISTS results_stored_at ON results (stored_at);")
+            .map_err(fail)?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
         })
@@ -153,9 +181,11 @@ impl Store {
             {
                 let mut statement = transaction.prepare_cached(
                     "INSERT INTO results (seq, id, task, kind, ok, short, truncated, result_json,
-                         error_code, error_message, attempts, processed_at, duration_ms)
+                         error_code, error_message, attempts, processed_at, duration_ms,
+                         stored_at)
                      VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM results),
-                         ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                         ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,
+                         CAST(strftime('%s', 'now') AS INTEGER))
                      ON CONFLICT (id) DO UPDATE SET
                          seq = excluded.seq, task = excluded.task, kind = excluded.kind,
                          ok = excluded.ok, short = excluded.short,
@@ -163,7 +193,7 @@ impl Store {
                          error_code = excluded.error_code,
                          error_message = excluded.error_message,
                          attempts = excluded.attempts, processed_at = excluded.processed_at,
-                         duration_ms = excluded.duration_ms,
+                         duration_ms = excluded.duration_ms, stored_at = excluded.stored_at,
                          deliveries = results.deliveries + 1",
                 )?;
                 for document in &documents {
@@ -247,6 +277,31 @@ impl Store {
                 (None, Some(error)) => format!("error: {}: {}", error.code, error.message),
                 (None, None) => row.short,
             }))
+    }
+
+    /// Deletes what `retention` no longer keeps; returns how many rows went.
+    pub async fn enforce(&self, retention: Retention) -> Result<u64, StoreError> {
+        self.with(move |connection| {
+            let mut deleted = 0;
+            if retention.max_age_secs > 0 {
+                let max_age = i64::try_from(retention.max_age_secs).unwrap_or(i64::MAX);
+                deleted += connection.execute(
+                    "DELETE FROM results
+                     WHERE stored_at < CAST(strftime('%s', 'now') AS INTEGER) - ?1",
+                    params![max_age],
+                )?;
+            }
+            if retention.max_rows > 0 {
+                let keep = i64::try_from(retention.max_rows).unwrap_or(i64::MAX);
+                deleted += connection.execute(
+                    "DELETE FROM results WHERE seq <=
+                         (SELECT seq FROM results ORDER BY seq DESC LIMIT 1 OFFSET ?1)",
+                    params![keep],
+                )?;
+            }
+            Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
+        })
+        .await
     }
 
     /// Number of rows: for health and tests.
@@ -334,6 +389,44 @@ mod tests {
             .unwrap();
         assert_eq!(after.len(), 1);
         assert_eq!(after[0].id, "a");
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_the_newest_rows_and_upgrades_old_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite3");
+        {
+            // A database from before retention: no stored_at column.
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(&SCHEMA.replace(",\n    stored_at INTEGER NOT NULL DEFAULT 0", ""))
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        for i in 0..10 {
+            store
+                .upsert(vec![factorial(&format!("r{i}"), "720")])
+                .await
+                .unwrap();
+        }
+        let keep_all = Retention {
+            max_rows: 0,
+            max_age_secs: 3600,
+        };
+        assert_eq!(store.enforce(keep_all).await.unwrap(), 0);
+        let newest_four = Retention {
+            max_rows: 4,
+            max_age_secs: 0,
+        };
+        assert_eq!(store.enforce(newest_four).await.unwrap(), 6);
+        let rows = store
+            .list(Query {
+                limit: 10,
+                ..Query::default()
+            })
+            .await
+            .unwrap();
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["r9", "r8", "r7", "r6"]);
     }
 
     #[tokio::test]

@@ -1,6 +1,8 @@
 //! A submit, from the form or the API: its tasks parsed with the shared grammar, the
 //! limits checked, the valid tasks published with confirms, and a report per task.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,7 @@ use crate::amqp::producer::{ProduceError, Producer};
 use crate::amqp::settings::AmqpTarget;
 use crate::amqp::topology::Topology;
 use crate::daemon::logging::error_chain;
-use crate::task::{Task, parse_list, truncate};
+use crate::task::{Task, TaskParseError, parse_list, truncate};
 
 /// What happened to one task of a submit.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -45,9 +47,10 @@ pub enum SubmitError {
     #[error("{count} tasks in one submit; at most {max} are accepted (max_tasks_per_submit)")]
     TooManyTasks { count: usize, max: usize },
     #[error(
-        "too many submits: at most {per_minute} per minute (submits_per_minute); retry in {retry_after_secs} s"
+        "too many submits: at most {per_minute} per minute ({key}); retry in {retry_after_secs} s"
     )]
     RateLimited {
+        key: &'static str,
         per_minute: u32,
         retry_after_secs: u64,
     },
@@ -94,12 +97,112 @@ struct Bucket {
     last: Instant,
 }
 
+impl Bucket {
+    fn full(per_minute: u32) -> Self {
+        Self {
+            tokens: f64::from(per_minute),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token, or says how many seconds until the next one.
+    fn take(&mut self, per_minute: u32) -> Result<(), f64> {
+        let per_second = f64::from(per_minute) / 60.0;
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * per_second;
+        self.tokens = (self.tokens + refill).min(f64::from(per_minute));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((1.0 - self.tokens) / per_second)
+        }
+    }
+
+    fn give_back(&mut self, per_minute: u32) {
+        self.tokens = (self.tokens + 1.0).min(f64::from(per_minute));
+    }
+}
+
+/// The key of a client's bucket: its IPv4 address, or the /64 of its IPv6 address (one
+/// host usually holds a whole /64, so a finer key would be free to multiply).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(segments.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// One bucket per client, at most `capacity` of them: when full, the least recently
+/// used is forgotten (it comes back with a full bucket, which the global bucket still
+/// bounds).
+struct ClientBuckets {
+    buckets: HashMap<IpAddr, Bucket>,
+    capacity: usize,
+}
+
+impl ClientBuckets {
+    fn bucket(&mut self, client: IpAddr, per_minute: u32) -> &mut Bucket {
+        if !self.buckets.contains_key(&client) && self.buckets.len() >= self.capacity {
+            let oldest = self
+                .buckets
+                .iter()
+                .min_by_key(|(_, bucket)| bucket.last)
+                .map(|(ip, _)| *ip);
+            if let Some(oldest) = oldest {
+                self.buckets.remove(&oldest);
+            }
+        }
+        self.buckets
+            .entry(client)
+            .or_insert_with(|| Bucket::full(per_minute))
+    }
+}
+
+/// Where a submit's tasks come from: the form's text is a comma list; each element of
+/// the API's JSON array is one task when it is `upper:`/`freq:` text (commas are then
+/// part of the text), else a comma list.
+#[derive(Debug, Clone, Copy)]
+pub enum Inputs<'a> {
+    Form(&'a str),
+    Api(&'a [String]),
+}
+
+impl Inputs<'_> {
+    fn items(self) -> Vec<(String, Result<Task, TaskParseError>)> {
+        match self {
+            Inputs::Form(text) => parse_list(text),
+            Inputs::Api(elements) => elements
+                .iter()
+                .flat_map(|element| {
+                    let task = element.trim();
+                    if task.starts_with("upper:") || task.starts_with("freq:") {
+                        vec![(task.to_owned(), Task::parse(task))]
+                    } else {
+                        parse_list(element)
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
 pub struct Submitter {
     target: AmqpTarget,
     topology: Topology,
     producer: tokio::sync::Mutex<Option<Producer>>,
     bucket: Mutex<Bucket>,
     per_minute: u32,
+    clients: Mutex<ClientBuckets>,
+    per_client: u32,
     max_tasks: usize,
     confirm_timeout: Duration,
 }
@@ -110,44 +213,67 @@ impl Submitter {
             target,
             topology,
             producer: tokio::sync::Mutex::new(None),
-            bucket: Mutex::new(Bucket {
-                tokens: f64::from(config.submits_per_minute),
-                last: Instant::now(),
-            }),
+            bucket: Mutex::new(Bucket::full(config.submits_per_minute)),
             per_minute: config.submits_per_minute,
+            clients: Mutex::new(ClientBuckets {
+                buckets: HashMap::new(),
+                capacity: config.rate_limit_clients,
+            }),
+            per_client: config.submits_per_minute_per_client,
             max_tasks: config.max_tasks_per_submit,
             confirm_timeout: Duration::from_secs(config.confirm_timeout_secs),
         }
     }
 
-    /// Takes one submit's token, or says when the next one comes.
-    fn take_token(&self) -> Result<(), SubmitError> {
-        let per_second = f64::from(self.per_minute) / 60.0;
-        let limited = |wait: f64| SubmitError::RateLimited {
-            per_minute: self.per_minute,
+    /// Takes one submit's token from `client`'s bucket and from the global one, or says
+    /// when the next one comes. The client's token is spent first, so a client over its
+    /// own budget never drains the shared one.
+    fn take_token(&self, client: Option<IpAddr>) -> Result<(), SubmitError> {
+        let limited = |key, per_minute, wait: f64| SubmitError::RateLimited {
+            key,
+            per_minute,
             // Whole seconds, at least 1: what Retry-After carries.
             retry_after_secs: (wait.ceil().max(1.0)) as u64,
         };
-        let Ok(mut bucket) = self.bucket.lock() else {
-            return Err(limited(1.0));
-        };
-        let now = Instant::now();
-        let refill = now.duration_since(bucket.last).as_secs_f64() * per_second;
-        bucket.tokens = (bucket.tokens + refill).min(f64::from(self.per_minute));
-        bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(limited((1.0 - bucket.tokens) / per_second))
+        let client = client.map(client_key);
+        if let Some(client) = client {
+            let Ok(mut clients) = self.clients.lock() else {
+                return Err(limited(
+                    "submits_per_minute_per_client",
+                    self.per_client,
+                    1.0,
+                ));
+            };
+            clients
+                .bucket(client, self.per_client)
+                .take(self.per_client)
+                .map_err(|wait| limited("submits_per_minute_per_client", self.per_client, wait))?;
         }
+        let global = match self.bucket.lock() {
+            Ok(mut bucket) => bucket.take(self.per_minute),
+            Err(_) => Err(1.0),
+        };
+        if let Err(wait) = global {
+            // The submit is refused: its client's token was not spent.
+            if let (Some(client), Ok(mut clients)) = (client, self.clients.lock()) {
+                clients
+                    .bucket(client, self.per_client)
+                    .give_back(self.per_client);
+            }
+            return Err(limited("submits_per_minute", self.per_minute, wait));
+        }
+        Ok(())
     }
 
-    /// Parses `inputs` (each may be a comma-separated list), checks the limits and
-    /// publishes the tasks that parse.
-    pub async fn submit(&self, inputs: &[String]) -> Result<SubmitReport, SubmitError> {
-        self.take_token()?;
-        let items: Vec<_> = inputs.iter().flat_map(|input| parse_list(input)).collect();
+    /// Parses `inputs`, checks the limits (with `client`'s own budget) and publishes the
+    /// tasks that parse.
+    pub async fn submit(
+        &self,
+        inputs: Inputs<'_>,
+        client: Option<IpAddr>,
+    ) -> Result<SubmitReport, SubmitError> {
+        self.take_token(client)?;
+        let items = inputs.items();
         if items.is_empty() {
             return Err(SubmitError::NoTasks);
         }
@@ -229,5 +355,47 @@ impl Submitter {
                 Err(SubmitError::NotConfirmed(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_elements_keep_commas_in_text_tasks_and_the_form_splits() {
+        let api = [
+            "upper:Hello, world".to_owned(),
+            " freq:a, b, c ".to_owned(),
+            "fact:5, user1".to_owned(),
+        ];
+        let tasks: Vec<String> = Inputs::Api(&api).items().into_iter().map(|i| i.0).collect();
+        assert_eq!(
+            tasks,
+            ["upper:Hello, world", "freq:a, b, c", "fact:5", "user1"]
+        );
+        let form: Vec<String> = Inputs::Form("upper:Hello, world")
+            .items()
+            .into_iter()
+            .map(|i| i.0)
+            .collect();
+        assert_eq!(form, ["upper:Hello", "world"]);
+    }
+
+    #[test]
+    fn client_buckets_are_bounded_and_v6_is_keyed_by_its_64() {
+        let mut clients = ClientBuckets {
+            buckets: HashMap::new(),
+            capacity: 2,
+        };
+        for last in 1..=5u8 {
+            let _ = clients.bucket(IpAddr::from([10, 0, 0, last]), 1).take(1);
+        }
+        assert_eq!(clients.buckets.len(), 2);
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(client_key(mapped), IpAddr::from([10, 0, 0, 1]));
     }
 }
