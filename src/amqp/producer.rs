@@ -12,7 +12,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 
 use super::AmqpError;
-use super::publish::{Publisher, Route, confirmed, persistent};
+use super::publish::{ONE_TASK_HEADER, Publisher, Route, confirmed, persistent};
 use super::session::bounded_step;
 use super::settings::AmqpTarget;
 use super::topology::{Topology, inspect_queue};
@@ -157,6 +157,14 @@ impl Producer {
                     .with_correlation_id(id.as_str().into());
             }
             let text = task.to_string();
+            if text.contains(',') {
+                let mut headers = FieldTable::default();
+                headers.insert(
+                    ONE_TASK_HEADER.into(),
+                    lapin::types::AMQPValue::Boolean(true),
+                );
+                properties = properties.with_headers(headers);
+            }
             let confirm = self
                 .publisher
                 .send(&route, text.as_bytes(), properties)

@@ -11,6 +11,10 @@ use super::AmqpError;
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
 pub const PERSISTENT: u8 = 2;
+/// Header (boolean) of a task message whose body is one task, not a comma list: an
+/// `upper:`/`freq:` task whose text holds commas. Set only then, so every other message
+/// stays what any client can publish.
+pub const ONE_TASK_HEADER: &str = "labmq-one-task";
 
 /// A channel in confirm mode.
 #[derive(Clone)]

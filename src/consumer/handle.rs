@@ -112,6 +112,17 @@ impl Refused {
 /// Decodes and splits a body and checks it against `limits`: everything about a message
 /// that can be judged without calling the server. Never panics, whatever the bytes.
 pub fn plan(message_id: &str, body: &[u8], limits: &Limits) -> Result<Vec<Planned>, Refused> {
+    plan_body(message_id, body, limits, false)
+}
+
+/// [`plan`]; `one_task` (the [`crate::amqp::publish::ONE_TASK_HEADER`]) means the body is
+/// one task whose text may hold commas, not a comma list.
+pub fn plan_body(
+    message_id: &str,
+    body: &[u8],
+    limits: &Limits,
+    one_task: bool,
+) -> Result<Vec<Planned>, Refused> {
     let excerpt = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
     if body.len() > limits.max_body_bytes {
         return Err(Refused::new(
@@ -134,7 +145,11 @@ pub fn plan(message_id: &str, body: &[u8], limits: &Limits) -> Result<Vec<Planne
             ));
         }
     };
-    let items = parse_list(text);
+    let items = if one_task && !text.trim().is_empty() {
+        vec![(text.trim().to_owned(), Task::parse(text.trim()))]
+    } else {
+        parse_list(text)
+    };
     if items.is_empty() {
         return Err(Refused::new(
             codes::EMPTY_BODY,
@@ -254,9 +269,15 @@ pub fn refusal(message_id: &str, refused: Refused, started: Instant) -> Verdict 
 }
 
 impl Handler {
+    /// Handles a body that is a comma list of tasks.
     pub async fn handle(&self, message_id: &str, body: &[u8]) -> Verdict {
+        self.handle_body(message_id, body, false).await
+    }
+
+    /// Handles a body; `one_task`: see [`plan_body`].
+    pub async fn handle_body(&self, message_id: &str, body: &[u8], one_task: bool) -> Verdict {
         let started = Instant::now();
-        let planned = match plan(message_id, body, &self.limits) {
+        let planned = match plan_body(message_id, body, &self.limits, one_task) {
             Ok(planned) => planned,
             Err(refused) => return refusal(message_id, refused, started),
         };

@@ -20,7 +20,7 @@ use super::dead_letter::dead_letter_properties;
 use super::handle::{Handler, Limits, RetryPolicy, Verdict, message_key};
 use super::status::StatusBoard;
 use crate::amqp::AmqpError;
-use crate::amqp::publish::{Publisher, Route, confirmed, persistent};
+use crate::amqp::publish::{ONE_TASK_HEADER, Publisher, Route, confirmed, persistent};
 use crate::amqp::quarantine;
 use crate::amqp::session::{Link, Session, SessionEnd, bounded_step};
 use crate::amqp::settings::AmqpTarget;
@@ -388,7 +388,17 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 async fn handle_and_deliver(delivery: &Delivery, message_id: &str, context: &Context) {
-    let (results, dead_letter) = match context.handler.handle(message_id, &delivery.data).await {
+    let one_task = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(ONE_TASK_HEADER).cloned())
+        == Some(lapin::types::AMQPValue::Boolean(true));
+    let verdict = context
+        .handler
+        .handle_body(message_id, &delivery.data, one_task)
+        .await;
+    let (results, dead_letter) = match verdict {
         Verdict::Abandoned => {
             requeue(delivery, message_id).await;
             return;
