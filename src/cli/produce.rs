@@ -49,7 +49,9 @@ impl Service for ProduceConfig {
 /// becomes its own persistent message on the task queue.
 ///
 /// Broker URL: --amqp-url, else LABMQ_AMQP_URL, else amqp_url in /etc/labmq/produce.toml,
-/// else amqp://guest:guest@127.0.0.1:5672/%2f.
+/// else amqp://guest:guest@127.0.0.1:5672/%2f. Keep the password out of the URL on the
+/// command line (any local user can read a process's arguments): give a URL without it,
+/// e.g. amqp://app@broker:5672/%2f, and --password-file FILE.
 ///
 /// Exit status: 0 every task confirmed (and, with --wait, succeeded); 1 with --wait, some
 /// task's result is an error; 2 usage error or invalid task (nothing published);
@@ -66,6 +68,11 @@ pub struct ProduceArgs {
         hide_env_values = true
     )]
     pub amqp_url: Option<String>,
+    /// File holding only the broker password (trailing newline ignored); wins over a
+    /// password in the URL and over amqp_password/amqp_password_file of the config file.
+    /// The way to give a password without putting it in the command line.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
     /// Configuration file with the broker settings (amqp_url, amqp_password_file, queue,
     /// queue_type, results_exchange) [default: /etc/labmq/produce.toml, skipped if absent]
     #[arg(long, value_name = "FILE")]
@@ -186,6 +193,9 @@ async fn produce(args: &ProduceArgs) -> Result<ExitCode, Failure> {
     }
     if let Some(queue) = &args.queue {
         settings.queue.clone_from(queue);
+    }
+    if let Some(file) = &args.password_file {
+        settings.amqp_password_file = file.display().to_string();
     }
     let target = settings.target().map_err(ProduceError::Broker)?;
     let topology = settings.topology();
