@@ -176,7 +176,7 @@ fn labmq_hex(bytes: &[u8]) -> String {
 /// a 100 MiB body is refused at the broker's edge and never reaches the consumer.
 #[test]
 fn dead_letter_copies_survive_hostile_properties_on_a_private_node() {
-    let broker = PrivateBroker::start_with("max_message_size = 4194304");
+    let broker = PrivateBroker::start_with(include_str!("../packaging/rabbitmq/20-labmq.conf"));
     let url = broker.url();
     add_user(&broker, "mallory", "mallory-pw");
     let server = spawn_server("");
