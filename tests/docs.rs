@@ -209,7 +209,8 @@ fn repository_paths_exist() {
     for (file, text) in documents() {
         for span in code_spans(&text) {
             for word in span.split(|c: char| c.is_whitespace() || "\"'(),;=<>|".contains(c)) {
-                let word = word.trim_end_matches([':', '.']);
+                // A compose volume (`./src:/dest:ro`) names its source before the colon.
+                let word = word.split(':').next().unwrap_or(word).trim_end_matches('.');
                 let path = word.strip_prefix("./").unwrap_or(word);
                 let names_repo_file = REPO_DIRS.iter().any(|dir| path.starts_with(dir))
                     || [
