@@ -34,7 +34,7 @@ fn wait_for_log(server: &mut Server, needles: &[&str], timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let log = server.daemon.stderr();
-        if needles.iter().all(|n| log.contains(n)) {
+        if needles.iter().all(|n| contains_whole(&log, n)) {
             return;
         }
         if let Some(status) = server.daemon.try_exit_status() {
@@ -46,6 +46,13 @@ fn wait_for_log(server: &mut Server, needles: &[&str], timeout: Duration) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether `log` holds `needle` not followed by a digit: `n=3000` must not match the
+/// `n=300000` of another call.
+fn contains_whole(log: &str, needle: &str) -> bool {
+    log.match_indices(needle)
+        .any(|(at, _)| !log[at + needle.len()..].starts_with(|c: char| c.is_ascii_digit()))
 }
 
 /// Retries `Factorial(10)` on fresh connections until it answers 3628800, for at most
