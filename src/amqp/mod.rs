@@ -44,6 +44,13 @@ pub enum AmqpError {
         url: String,
         timeout: std::time::Duration,
     },
+    #[error("cannot connect to any RabbitMQ node of {tried}")]
+    NoNode {
+        tried: String,
+        /// The last node's failure.
+        #[source]
+        last: Box<AmqpError>,
+    },
     #[error("RabbitMQ {operation} failed")]
     Amqp {
         operation: String,
@@ -72,7 +79,7 @@ impl AmqpError {
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
-            AmqpError::Connect { .. } | AmqpError::ConnectTimeout { .. }
+            AmqpError::Connect { .. } | AmqpError::ConnectTimeout { .. } | AmqpError::NoNode { .. }
         )
     }
 
@@ -81,6 +88,7 @@ impl AmqpError {
     pub fn reply_code(&self) -> Option<u16> {
         let source = match self {
             AmqpError::Connect { source, .. } | AmqpError::Amqp { source, .. } => source,
+            AmqpError::NoNode { last, .. } => return last.reply_code(),
             _ => return None,
         };
         match source.kind() {
