@@ -51,6 +51,16 @@ pub enum AmqpError {
         #[source]
         last: Box<AmqpError>,
     },
+    /// The queue exists with other arguments than ours; `asked` is what we declared,
+    /// `broker` the broker's reply, which names the argument and the queue's value.
+    #[error(
+        "declaring queue {queue:?} with {asked} was refused because the queue exists with other arguments (PRECONDITION_FAILED: {broker}); give every client (consumer, web, produce) the same queue_type (and results_queue_max_length for a results queue), or delete the queue once drained (rabbitmqctl delete_queue {queue}) so it is declared again"
+    )]
+    DeclareMismatch {
+        queue: String,
+        asked: String,
+        broker: String,
+    },
     #[error("RabbitMQ {operation} failed")]
     Amqp {
         operation: String,
@@ -89,6 +99,7 @@ impl AmqpError {
         let source = match self {
             AmqpError::Connect { source, .. } | AmqpError::Amqp { source, .. } => source,
             AmqpError::NoNode { last, .. } => return last.reply_code(),
+            AmqpError::DeclareMismatch { .. } => return Some(406),
             _ => return None,
         };
         match source.kind() {
