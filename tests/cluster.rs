@@ -137,7 +137,8 @@ fn wait_results_at_least(urls: &[String], queue: &str, n: u32) -> u32 {
 /// 10,000 tasks in a quorum queue on a 3-node cluster, a consumer given all three URLs
 /// and two labmq-servers. Mid-stream: the node the consumer is connected to is stopped
 /// (it fails over), one labmq-server is killed, the node is restarted; then the node
-/// leading the task queue is stopped and restarted. Every task has a result, duplicates
+/// leading the task queue is stopped and restarted; then the consumer's node and the
+/// leader are stopped together (one node of three left) and both restarted. Every task has a result, duplicates
 /// are counted, the consumer never exits, and each time to resume is printed.
 #[test]
 fn three_node_cluster_failover_mid_stream_loses_nothing() {
@@ -233,6 +234,61 @@ fn three_node_cluster_failover_mid_stream_loses_nothing() {
     leader.boot();
     leader.wait_serving();
     eprintln!("node {leader_port} back in {:?}", restarted_at.elapsed());
+
+    // 3. As the issue puts it: the consumer's node, then the queue's leader, so one node
+    // of three is left (a minority: the quorum queues stop), then both restarted.
+    let serving = serving_port(&consumer).expect("a 'connected to RabbitMQ node' line");
+    let first = cluster.by_port(serving);
+    let baseline = results_so_far(&urls, &results_queue).unwrap_or(0);
+    assert!(
+        (baseline as usize) < TASKS,
+        "every task was done before the double stop; the test proved nothing"
+    );
+    first.stop();
+    let survivors: Vec<&support::cluster::ClusterNode> =
+        cluster.nodes.iter().filter(|n| n.port != serving).collect();
+    // The leader may still be reported on the stopped node until a new one is elected.
+    let deadline = Instant::now() + RESUME_TIMEOUT;
+    let second = loop {
+        let leader = cluster.leader_of(&setup.queue, survivors[0]);
+        if leader.port != serving {
+            break leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new leader after {RESUME_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let second_port = second.port;
+    second.stop();
+    let last: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.port != serving && n.port != second_port)
+        .map(|n| n.url())
+        .collect();
+    std::thread::sleep(Duration::from_secs(5));
+    let during = results_so_far(&last, &results_queue);
+    assert!(
+        consumer.try_exit_status().is_none(),
+        "the consumer exited with one node of three left\n{}",
+        consumer.stderr()
+    );
+    let restarted_at = Instant::now();
+    first.boot();
+    second.boot();
+    first.wait_serving();
+    second.wait_serving();
+    let back = restarted_at.elapsed();
+    let baseline = results_so_far(&urls, &results_queue)
+        .unwrap_or(baseline)
+        .max(during.unwrap_or(0));
+    let resume_both = wait_resumed(&urls, &results_queue, baseline, restarted_at);
+    eprintln!(
+        "consumer's node ({serving}) then leader ({second_port}) stopped, one node left ({} results readable there after 5 s); both restarted: nodes back in {back:?}, results resumed {resume_both:?} after the restart began",
+        during.map_or_else(|| "no".to_owned(), |n| n.to_string())
+    );
 
     let counter = ResultCounter::start(&urls[0], &results_queue);
     let seen: HashMap<String, (u32, Value)> = counter.wait_for_all(&ids, Duration::from_secs(120));
