@@ -406,7 +406,7 @@ async fn wait_latency(args: &Args, pipeline: &Pipeline) -> anyhow::Result<Vec<Du
 /// (d') the same round trip on one open connection: publish one task with `reply_to`,
 /// wait for its result; what a long-lived client of the pipeline sees.
 async fn connected_latency(args: &Args, pipeline: &Pipeline) -> anyhow::Result<Vec<Duration>> {
-    let target = AmqpTarget::new(&args.amqp_url, None, None)?;
+    let target = AmqpTarget::new(std::slice::from_ref(&args.amqp_url), None, None)?;
     let topology = Topology {
         queue: pipeline.queue.clone(),
         queue_type: QueueType::Classic,

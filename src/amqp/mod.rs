@@ -44,6 +44,23 @@ pub enum AmqpError {
         url: String,
         timeout: std::time::Duration,
     },
+    #[error("cannot connect to any RabbitMQ node of {tried}")]
+    NoNode {
+        tried: String,
+        /// The last node's failure.
+        #[source]
+        last: Box<AmqpError>,
+    },
+    /// The queue exists with other arguments than ours; `asked` is what we declared,
+    /// `broker` the broker's reply, which names the argument and the queue's value.
+    #[error(
+        "declaring queue {queue:?} with {asked} was refused because the queue exists with other arguments (PRECONDITION_FAILED: {broker}); give every client (consumer, web, produce) the same queue_type (and results_queue_max_length for a results queue), or delete the queue once drained (rabbitmqctl delete_queue {queue}) so it is declared again"
+    )]
+    DeclareMismatch {
+        queue: String,
+        asked: String,
+        broker: String,
+    },
     #[error("RabbitMQ {operation} failed")]
     Amqp {
         operation: String,
@@ -72,7 +89,7 @@ impl AmqpError {
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
-            AmqpError::Connect { .. } | AmqpError::ConnectTimeout { .. }
+            AmqpError::Connect { .. } | AmqpError::ConnectTimeout { .. } | AmqpError::NoNode { .. }
         )
     }
 
@@ -81,6 +98,8 @@ impl AmqpError {
     pub fn reply_code(&self) -> Option<u16> {
         let source = match self {
             AmqpError::Connect { source, .. } | AmqpError::Amqp { source, .. } => source,
+            AmqpError::NoNode { last, .. } => return last.reply_code(),
+            AmqpError::DeclareMismatch { .. } => return Some(406),
             _ => return None,
         };
         match source.kind() {

@@ -85,6 +85,10 @@ impl Driver<'_> {
             let started = Instant::now();
             let end = match connected {
                 Ok(connection) => {
+                    // Which node serves, for operators following a failover (the
+                    // password is never part of it).
+                    let node = self.target.serving();
+                    tracing::info!(node = %node, nodes = self.target.node_count(), "connected to RabbitMQ node {node}");
                     let end = session.run(&connection, shutdown).await;
                     close(&connection, self.client_name).await;
                     end
@@ -94,6 +98,7 @@ impl Driver<'_> {
             let reason = match end {
                 Ok(SessionEnd::Shutdown) => break,
                 Ok(SessionEnd::Lost(reason)) => {
+                    let reason = format!("lost node {}: {reason}", self.target.serving());
                     // It was serving: whatever comes next is a new outage.
                     outage = None;
                     if started.elapsed() >= HEALTHY_AFTER {

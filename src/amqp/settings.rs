@@ -4,6 +4,8 @@
 //! as whom, printable only without its password.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::uri::AMQPUri;
@@ -66,12 +68,60 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// The broker URLs, one per cluster node. A config file may give one string (what every
+/// file written before clusters has) or a list; both read into the same list.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct AmqpUrls(pub Vec<String>);
+
+impl AmqpUrls {
+    pub fn one(url: impl Into<String>) -> Self {
+        Self(vec![url.into()])
+    }
+}
+
+/// Never the passwords a URL may hold.
+impl std::fmt::Debug for AmqpUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|url| redact_url(url)))
+            .finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for AmqpUrls {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = AmqpUrls;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a URL string or a list of URL strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<AmqpUrls, E> {
+                Ok(AmqpUrls::one(value))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<AmqpUrls, A::Error> {
+                let mut urls = Vec::new();
+                while let Some(url) = seq.next_element::<String>()? {
+                    urls.push(url);
+                }
+                Ok(AmqpUrls(urls))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 /// Broker settings shared by every AMQP program.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AmqpSettings {
-    /// Broker URL; its password may be left out and given by `amqp_password(_file)`.
-    pub amqp_url: String,
+    /// Broker URLs, one per node of a cluster (a single string is accepted); their
+    /// password may be left out and given by `amqp_password(_file)`.
+    pub amqp_url: AmqpUrls,
     /// Overrides the URL's password; best set in the program's environment file
     /// (`LABMQ_<PROGRAM>_AMQP_PASSWORD` in `/etc/labmq/<program>.env`), never in a
     /// world-readable file. Read from the environment verbatim.
@@ -90,7 +140,7 @@ pub struct AmqpSettings {
 impl Default for AmqpSettings {
     fn default() -> Self {
         Self {
-            amqp_url: DEFAULT_AMQP_URL.into(),
+            amqp_url: AmqpUrls::one(DEFAULT_AMQP_URL),
             amqp_password: Secret::default(),
             amqp_password_file: String::new(),
             queue: DEFAULT_QUEUE.into(),
@@ -105,7 +155,7 @@ impl AmqpSettings {
     /// so `--check-config` (run by the units as the service user) catches one the service
     /// cannot read.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Err(e) = AmqpTarget::new(&self.amqp_url, None, None) {
+        if let Err(e) = AmqpTarget::new(&self.amqp_url.0, None, None) {
             return invalid("amqp_url", e.to_string());
         }
         if !self.amqp_password_file.is_empty()
@@ -125,7 +175,7 @@ impl AmqpSettings {
     /// Where to connect, with the password from the file, the setting or the URL.
     pub fn target(&self) -> Result<AmqpTarget, AmqpError> {
         AmqpTarget::new(
-            &self.amqp_url,
+            &self.amqp_url.0,
             Some(self.amqp_password.expose()),
             (!self.amqp_password_file.is_empty()).then(|| Path::new(&self.amqp_password_file)),
         )
@@ -140,11 +190,17 @@ impl AmqpSettings {
     }
 }
 
-/// Where to connect and as whom. The password may come from the URL, from config or from
-/// a file (systemd credentials); the file wins, then the explicit password, then the URL.
+/// Where to connect and as whom: one or more nodes of a cluster, tried in a shuffled
+/// order (so a fleet of clients spreads over the nodes), the node that served last tried
+/// last (so a lost node is not the first one retried). The password may come from the URL,
+/// from config or from a file (systemd credentials); the file wins, then the explicit
+/// password, then the URL.
 #[derive(Clone)]
 pub struct AmqpTarget {
-    uri: AMQPUri,
+    nodes: Arc<[AMQPUri]>,
+    /// Index of the node the last successful connect reached; shared by clones, so the
+    /// quarantine sweep talks to the node the session is on.
+    serving: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for AmqpTarget {
@@ -155,54 +211,92 @@ impl std::fmt::Debug for AmqpTarget {
 
 impl AmqpTarget {
     pub fn new(
-        url: &str,
+        urls: &[String],
         password: Option<&str>,
         password_file: Option<&Path>,
     ) -> Result<Self, AmqpError> {
-        let mut uri: AMQPUri = url.parse().map_err(|reason: String| AmqpError::BadUrl {
-            url: redact_url(url),
-            reason,
-        })?;
-        if let Some(password) = password.filter(|p| !p.is_empty()) {
-            uri.authority.userinfo.password = password.to_owned();
+        if urls.is_empty() {
+            return Err(AmqpError::BadUrl {
+                url: String::new(),
+                reason: "no broker URL given (amqp_url is an empty list)".into(),
+            });
         }
-        if let Some(path) = password_file {
-            let secret =
-                std::fs::read_to_string(path).map_err(|source| AmqpError::PasswordFile {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            uri.authority.userinfo.password = secret.trim_end_matches(['\n', '\r']).to_owned();
+        let secret = match password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| AmqpError::PasswordFile {
+                        path: path.display().to_string(),
+                        source,
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned(),
+            ),
+            None => password.filter(|p| !p.is_empty()).map(str::to_owned),
+        };
+        let mut nodes = Vec::with_capacity(urls.len());
+        for url in urls {
+            let mut uri: AMQPUri = url.parse().map_err(|reason: String| AmqpError::BadUrl {
+                url: redact_url(url),
+                reason,
+            })?;
+            if let Some(secret) = &secret {
+                uri.authority.userinfo.password.clone_from(secret);
+            }
+            nodes.push(uri);
         }
-        Ok(Self { uri })
+        Ok(Self {
+            nodes: nodes.into(),
+            serving: Arc::new(AtomicUsize::new(0)),
+        })
     }
 
-    /// The parsed URL, password included: for clients that speak AMQP themselves
-    /// ([`super::quarantine`]). Never print it.
+    /// The parsed URL of the node that served last (the first before any connect),
+    /// password included: for clients that speak AMQP themselves ([`super::quarantine`]).
+    /// Never print it.
     pub(crate) fn uri(&self) -> &AMQPUri {
-        &self.uri
+        &self.nodes[self.serving_index()]
     }
 
-    /// `amqp://user@host:port/vhost`: safe to print anywhere.
+    fn serving_index(&self) -> usize {
+        self.serving
+            .load(Ordering::Relaxed)
+            .min(self.nodes.len() - 1)
+    }
+
+    /// Every node, `amqp://user@host:port/vhost` joined by ", ": safe to print anywhere.
     pub fn redacted(&self) -> String {
-        let scheme = match self.uri.scheme {
-            lapin::uri::AMQPScheme::AMQP => "amqp",
-            lapin::uri::AMQPScheme::AMQPS => "amqps",
-        };
-        let vhost = if self.uri.vhost == "/" {
-            "%2f".to_owned()
-        } else {
-            self.uri.vhost.clone()
-        };
-        format!(
-            "{scheme}://{}@{}:{}/{vhost}",
-            self.uri.authority.userinfo.username, self.uri.authority.host, self.uri.authority.port
-        )
+        self.nodes
+            .iter()
+            .map(redact_uri)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
-    /// Opens a connection named after the client, so operators can tell ours apart in
-    /// the management UI; gives up after `timeout` (a peer that accepts and never speaks
-    /// must not hang the caller).
+    /// The node that served last, without its password.
+    pub fn serving(&self) -> String {
+        redact_uri(self.uri())
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The order to try the nodes in: shuffled, the one that served last moved to the end.
+    fn connect_order(&self) -> Vec<usize> {
+        use rand::seq::SliceRandom;
+        let mut order: Vec<usize> = (0..self.nodes.len()).collect();
+        order.shuffle(&mut rand::rng());
+        let last = self.serving_index();
+        if let Some(position) = order.iter().position(|&i| i == last) {
+            let index = order.remove(position);
+            order.push(index);
+        }
+        order
+    }
+
+    /// Opens a connection to the first node that answers, named after the client so
+    /// operators can tell ours apart in the management UI; each node gets `timeout` (a
+    /// peer that accepts and never speaks must not hang the caller).
     pub async fn connect(
         &self,
         client_name: &str,
@@ -210,23 +304,68 @@ impl AmqpTarget {
     ) -> Result<Connection, AmqpError> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let name = format!("{client_name}@{} pid {}", host.trim(), std::process::id());
-        let properties = ConnectionProperties::default().with_connection_name(name.into());
-        match tokio::time::timeout(
-            timeout,
-            Connection::connect_uri(self.uri.clone(), properties),
-        )
-        .await
-        {
-            Ok(connected) => connected.map_err(|source| AmqpError::Connect {
-                url: self.redacted(),
-                source,
+        let mut failures = Vec::new();
+        for index in self.connect_order() {
+            let uri = &self.nodes[index];
+            match connect_node(uri, &name, timeout).await {
+                Ok(connection) => {
+                    self.serving.store(index, Ordering::Relaxed);
+                    return Ok(connection);
+                }
+                Err(e) if self.nodes.len() > 1 => {
+                    tracing::debug!(node = %redact_uri(uri), error = %crate::daemon::logging::error_chain(&e), "node unavailable; trying the next");
+                    failures.push(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let tried = self.redacted();
+        match failures.pop() {
+            Some(last) => Err(AmqpError::NoNode {
+                tried,
+                last: Box::new(last),
             }),
-            Err(_) => Err(AmqpError::ConnectTimeout {
-                url: self.redacted(),
-                timeout,
+            None => Err(AmqpError::BadUrl {
+                url: tried,
+                reason: "no broker URL".into(),
             }),
         }
     }
+}
+
+async fn connect_node(
+    uri: &AMQPUri,
+    name: &str,
+    timeout: Duration,
+) -> Result<Connection, AmqpError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    match tokio::time::timeout(timeout, Connection::connect_uri(uri.clone(), properties)).await {
+        Ok(connected) => connected.map_err(|source| AmqpError::Connect {
+            url: redact_uri(uri),
+            source,
+        }),
+        Err(_) => Err(AmqpError::ConnectTimeout {
+            url: redact_uri(uri),
+            timeout,
+        }),
+    }
+}
+
+/// `amqp://user@host:port/vhost`.
+fn redact_uri(uri: &AMQPUri) -> String {
+    let scheme = match uri.scheme {
+        lapin::uri::AMQPScheme::AMQP => "amqp",
+        lapin::uri::AMQPScheme::AMQPS => "amqps",
+    };
+    let vhost = if uri.vhost == "/" {
+        "%2f".to_owned()
+    } else {
+        uri.vhost.clone()
+    };
+    format!(
+        "{scheme}://{}@{}:{}/{vhost}",
+        uri.authority.userinfo.username, uri.authority.host, uri.authority.port
+    )
 }
 
 /// Removes the password from any URL-looking string, for messages about unparsable URLs.
@@ -247,7 +386,8 @@ mod tests {
 
     #[test]
     fn redacted_hides_password() {
-        let target = AmqpTarget::new("amqp://app:s3cret@broker:5673/%2f", None, None).unwrap();
+        let target =
+            AmqpTarget::new(&["amqp://app:s3cret@broker:5673/%2f".into()], None, None).unwrap();
         assert_eq!(target.redacted(), "amqp://app@broker:5673/%2f");
         assert!(!format!("{target:?}").contains("s3cret"));
     }
@@ -257,28 +397,105 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pw");
         std::fs::write(&file, "fromfile\n").unwrap();
-        let t = AmqpTarget::new("amqp://u:url@h:1/%2f", Some("explicit"), None).unwrap();
-        assert_eq!(t.uri.authority.userinfo.password, "explicit");
-        let t = AmqpTarget::new("amqp://u:url@h:1/%2f", Some("explicit"), Some(&file)).unwrap();
-        assert_eq!(t.uri.authority.userinfo.password, "fromfile");
-        let t = AmqpTarget::new("amqp://u:url@h:1/%2f", Some(""), None).unwrap();
-        assert_eq!(t.uri.authority.userinfo.password, "url");
+        let t = AmqpTarget::new(&["amqp://u:url@h:1/%2f".into()], Some("explicit"), None).unwrap();
+        assert_eq!(t.uri().authority.userinfo.password, "explicit");
+        let t = AmqpTarget::new(
+            &["amqp://u:url@h:1/%2f".into()],
+            Some("explicit"),
+            Some(&file),
+        )
+        .unwrap();
+        assert_eq!(t.uri().authority.userinfo.password, "fromfile");
+        let t = AmqpTarget::new(&["amqp://u:url@h:1/%2f".into()], Some(""), None).unwrap();
+        assert_eq!(t.uri().authority.userinfo.password, "url");
     }
 
     #[test]
     fn missing_password_file_is_named() {
-        let err = AmqpTarget::new(DEFAULT_AMQP_URL, None, Some("/nonexistent/pw".as_ref()))
-            .unwrap_err()
-            .to_string();
+        let err = AmqpTarget::new(
+            &[DEFAULT_AMQP_URL.into()],
+            None,
+            Some("/nonexistent/pw".as_ref()),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("/nonexistent/pw"), "{err}");
     }
 
     #[test]
     fn bad_url_error_hides_password() {
-        let err = AmqpTarget::new("amqp://u:topsecret@host:notaport/", None, None)
+        let err = AmqpTarget::new(&["amqp://u:topsecret@host:notaport/".into()], None, None)
             .unwrap_err()
             .to_string();
         assert!(!err.contains("topsecret"), "{err}");
         assert!(err.contains("u:***@host"), "{err}");
+    }
+
+    #[test]
+    fn several_nodes_share_the_password_and_print_without_it() {
+        let urls = [
+            "amqp://u@a:1/%2f".to_owned(),
+            "amqp://u:inurl@b:2/%2f".to_owned(),
+        ];
+        let t = AmqpTarget::new(&urls, Some("explicit"), None).unwrap();
+        assert_eq!(t.node_count(), 2);
+        assert!(
+            t.nodes
+                .iter()
+                .all(|n| n.authority.userinfo.password == "explicit")
+        );
+        assert_eq!(t.redacted(), "amqp://u@a:1/%2f, amqp://u@b:2/%2f");
+        assert!(!format!("{t:?}").contains("explicit"));
+    }
+
+    #[test]
+    fn connect_order_is_a_permutation_with_the_last_server_last() {
+        let urls: Vec<String> = (1..=4).map(|p| format!("amqp://u@h:{p}/%2f")).collect();
+        let t = AmqpTarget::new(&urls, None, None).unwrap();
+        t.serving.store(2, Ordering::Relaxed);
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let order = t.connect_order();
+            assert_eq!(order.last(), Some(&2), "{order:?}");
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, vec![0, 1, 2, 3]);
+            firsts.insert(order[0]);
+        }
+        // Shuffled: every other node comes first some of the time.
+        assert_eq!(firsts.len(), 3, "{firsts:?}");
+    }
+
+    #[test]
+    fn empty_url_list_is_refused() {
+        let settings = AmqpSettings {
+            amqp_url: AmqpUrls(vec![]),
+            ..AmqpSettings::default()
+        };
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("amqp_url"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn all_nodes_down_names_every_node() {
+        let closed = |_| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let urls: Vec<String> = (0..2)
+            .map(closed)
+            .map(|port| format!("amqp://u:pw@127.0.0.1:{port}/%2f"))
+            .collect();
+        let t = AmqpTarget::new(&urls, None, None).unwrap();
+        let err = t.connect("test", Duration::from_secs(5)).await.unwrap_err();
+        assert!(err.is_connect());
+        let text = crate::daemon::logging::error_chain(&err);
+        for url in &urls {
+            assert!(
+                text.contains(&redact_url(url).replace(":***", "")),
+                "{text}"
+            );
+        }
+        assert!(!text.contains("pw"), "{text}");
     }
 }

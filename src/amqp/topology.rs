@@ -118,6 +118,7 @@ pub async fn declare_queue(
     queue: &str,
     arguments: FieldTable,
 ) -> Result<(), AmqpError> {
+    let asked = arguments.clone();
     channel
         .queue_declare(
             queue.into(),
@@ -129,7 +130,42 @@ pub async fn declare_queue(
         )
         .await
         .map(|_| ())
-        .map_err(|e| AmqpError::amqp(format!("declaring queue {queue:?}"), e))
+        .map_err(|e| match e.kind() {
+            lapin::ErrorKind::ProtocolError(reply) if reply.get_id() == PRECONDITION_FAILED => {
+                AmqpError::DeclareMismatch {
+                    queue: queue.to_owned(),
+                    asked: describe_arguments(&asked),
+                    broker: reply.get_message().to_string(),
+                }
+            }
+            _ => AmqpError::amqp(format!("declaring queue {queue:?}"), e),
+        })
+}
+
+/// AMQP's reply code for a declare that does not match the existing queue.
+const PRECONDITION_FAILED: u16 = 406;
+
+/// `durable, x-queue-type = "quorum", x-max-length = 100`: what we declared, for the
+/// error of a mismatch (the broker's reply names only the first argument that differs).
+pub fn describe_arguments(arguments: &FieldTable) -> String {
+    let mut parts = vec!["durable".to_owned()];
+    let mut pairs: Vec<_> = arguments.inner().iter().collect();
+    pairs.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    for (key, value) in pairs {
+        let value = match value {
+            AMQPValue::LongString(text) => format!("{:?}", text.to_string()),
+            AMQPValue::ShortString(text) => format!("{:?}", text.as_str()),
+            AMQPValue::LongUInt(n) => n.to_string(),
+            AMQPValue::LongLongInt(n) => n.to_string(),
+            AMQPValue::LongInt(n) => n.to_string(),
+            other => format!("{other:?}"),
+        };
+        parts.push(format!("{} = {value}", key.as_str()));
+    }
+    if arguments.inner().is_empty() {
+        parts.push("no arguments (classic queue)".to_owned());
+    }
+    parts.join(", ")
 }
 
 /// A passive declare: the queue with its message and consumer counts, or an error if it
@@ -159,4 +195,28 @@ pub async fn subscribe(channel: &Channel, queue: &str) -> Result<lapin::Consumer
         )
         .await
         .map_err(|e| AmqpError::amqp(format!("consuming from {queue:?}"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_described_sorted_with_their_values() {
+        let topology = Topology {
+            queue: "q".into(),
+            queue_type: QueueType::Quorum,
+            results_exchange: "x".into(),
+        };
+        let mut arguments = topology.queue_arguments();
+        arguments.insert("x-max-length".into(), AMQPValue::LongUInt(100));
+        assert_eq!(
+            describe_arguments(&arguments),
+            r#"durable, x-max-length = 100, x-queue-type = "quorum""#
+        );
+        assert_eq!(
+            describe_arguments(&FieldTable::default()),
+            "durable, no arguments (classic queue)"
+        );
+    }
 }

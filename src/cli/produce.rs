@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::amqp::AmqpError;
 use crate::amqp::producer::{ProduceError, Producer, wait_for_results};
-use crate::amqp::settings::{AmqpSettings, PASSWORD_KEY};
+use crate::amqp::settings::{AmqpSettings, AmqpUrls, PASSWORD_KEY};
 use crate::daemon::config::{self, ConfigFile};
 use crate::daemon::logging::error_chain;
 use crate::daemon::service::ConfigError;
@@ -60,14 +60,15 @@ impl Service for ProduceConfig {
 #[derive(Debug, Parser)]
 #[command(name = "labmq-produce", version)]
 pub struct ProduceArgs {
-    /// Broker URL (the password is never printed)
+    /// Broker URL (the password is never printed); repeat for each node of a cluster:
+    /// the first that answers, in a shuffled order, takes the tasks
     #[arg(
-        long,
+        long = "amqp-url",
         env = "LABMQ_AMQP_URL",
         value_name = "URL",
         hide_env_values = true
     )]
-    pub amqp_url: Option<String>,
+    pub amqp_url: Vec<String>,
     /// File holding only the broker password (trailing newline ignored); wins over a
     /// password in the URL and over amqp_password/amqp_password_file of the config file.
     /// The way to give a password without putting it in the command line.
@@ -188,8 +189,8 @@ async fn produce(args: &ProduceArgs) -> Result<ExitCode, Failure> {
     let tasks = read_tasks(&args.tasks)?;
     let file = ConfigFile::new(args.config.clone(), ProduceConfig::CONFIG_PATH);
     let mut settings = config::load::<ProduceConfig>(&file, config::NoOverrides {})?.amqp;
-    if let Some(url) = &args.amqp_url {
-        settings.amqp_url.clone_from(url);
+    if !args.amqp_url.is_empty() {
+        settings.amqp_url = AmqpUrls(args.amqp_url.clone());
     }
     if let Some(queue) = &args.queue {
         settings.queue.clone_from(queue);

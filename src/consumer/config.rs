@@ -155,10 +155,10 @@ pub struct ConsumerArgs {
 /// Flags that override configuration keys of the same name.
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct ConsumerFlags {
-    /// Broker URL (key `amqp_url`) [default: amqp://guest:guest@127.0.0.1:5672/%2f]
-    #[arg(long, value_name = "URL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub amqp_url: Option<String>,
+    /// Broker URL; repeat for each node of a cluster (key `amqp_url`) [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    #[arg(long = "amqp-url", value_name = "URL")]
+    #[serde(rename = "amqp_url", skip_serializing_if = "Vec::is_empty")]
+    pub amqp_url: Vec<String>,
     /// Task queue (key `queue`) [default: task_queue]
     #[arg(long, value_name = "NAME")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -217,7 +217,7 @@ mod tests {
                 "amqp_url = \"amqp://u@broker:5673/%2f\"\nqueue = \"jobs\"\nprefetch = 7\n",
             )?;
             let config = load_consumer().unwrap();
-            assert_eq!(config.amqp.amqp_url, "amqp://u@broker:5673/%2f");
+            assert_eq!(config.amqp.amqp_url.0, ["amqp://u@broker:5673/%2f"]);
             assert_eq!(config.amqp.queue, "jobs");
             assert_eq!(config.prefetch, 7);
             jail.create_file("consumer.toml", "amqp_uri = \"amqp://h\"\n")?;
@@ -265,5 +265,65 @@ mod tests {
         shipped_file_matches_defaults::<ConsumerConfig>(include_str!(
             "../../packaging/etc/consumer.toml"
         ));
+    }
+
+    #[test]
+    fn amqp_url_is_a_string_or_a_list_in_the_file_and_the_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "consumer.toml",
+                "amqp_url = [\"amqp://u@a:5672/%2f\", \"amqp://u@b:5672/%2f\"]\n",
+            )?;
+            let config = load_consumer().unwrap();
+            assert_eq!(
+                config.amqp.amqp_url.0,
+                ["amqp://u@a:5672/%2f", "amqp://u@b:5672/%2f"]
+            );
+            jail.create_file("consumer.toml", "")?;
+            jail.set_env(
+                "LABMQ_CONSUMER_AMQP_URL",
+                r#"["amqp://u@c:5672/%2f","amqp://u@d:5672/%2f"]"#,
+            );
+            let config = load_consumer().unwrap();
+            assert_eq!(
+                config.amqp.amqp_url.0,
+                ["amqp://u@c:5672/%2f", "amqp://u@d:5672/%2f"]
+            );
+            jail.set_env("LABMQ_CONSUMER_AMQP_URL", "amqp://u:pw@e:5672/%2f");
+            let config = load_consumer().unwrap();
+            assert_eq!(config.amqp.amqp_url.0, ["amqp://u:pw@e:5672/%2f"]);
+            jail.set_env("LABMQ_CONSUMER_AMQP_URL", "[]");
+            let err = load_consumer().unwrap_err().to_string();
+            assert!(err.contains("amqp_url"), "{err}");
+            jail.set_env("LABMQ_CONSUMER_AMQP_URL", "[\"amqp://u@a:nope/\"]");
+            let err = load_consumer().unwrap_err().to_string();
+            assert!(err.contains("amqp_url") && err.contains("@a:nope"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn repeated_amqp_url_flags_override_the_list() {
+        let args = ConsumerArgs::try_parse_from([
+            "labmq-consumer",
+            "--amqp-url",
+            "amqp://a",
+            "--amqp-url",
+            "amqp://b",
+        ])
+        .unwrap();
+        assert_eq!(args.flags.amqp_url, ["amqp://a", "amqp://b"]);
+        let json = serde_json::to_value(&args.flags).unwrap();
+        assert_eq!(
+            json["amqp_url"],
+            serde_json::json!(["amqp://a", "amqp://b"])
+        );
+        let none = ConsumerArgs::try_parse_from(["labmq-consumer"]).unwrap();
+        assert!(
+            serde_json::to_value(&none.flags)
+                .unwrap()
+                .get("amqp_url")
+                .is_none()
+        );
     }
 }

@@ -211,10 +211,10 @@ pub struct WebFlags {
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
-    /// Broker URL (key `amqp_url`) [default: amqp://guest:guest@127.0.0.1:5672/%2f]
-    #[arg(long, value_name = "URL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub amqp_url: Option<String>,
+    /// Broker URL; repeat for each node of a cluster (key `amqp_url`) [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    #[arg(long = "amqp-url", value_name = "URL")]
+    #[serde(rename = "amqp_url", skip_serializing_if = "Vec::is_empty")]
+    pub amqp_url: Vec<String>,
     /// SQLite database file (key `database`) [default: /var/lib/labmq-web/results.sqlite3]
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
