@@ -131,7 +131,9 @@ impl Session for ConsumeSession {
             broken: CancellationToken::new(),
         });
 
-        let broker = &self.broker;
+        // The node that serves this session, not the whole list: operators want to know
+        // which node to look at.
+        let broker = &self.target.serving();
         self.status
             .broker(format!("consuming from {queue} on {broker}"));
         tracing::info!(queue, broker = %broker, prefetch = config.prefetch, concurrency = config.concurrency, "consuming from {queue} on {broker}");

@@ -78,7 +78,11 @@ pub async fn run(config: &WebConfig, shutdown: CancellationToken) -> Result<(), 
 
     let broker_in_errors = target.redacted();
     let mut ingest = ingest::Ingest {
-        broker: without_user(&broker_in_errors),
+        broker: broker_in_errors
+            .split(", ")
+            .map(without_user)
+            .collect::<Vec<_>>()
+            .join(", "),
         broker_in_errors,
         max_length: config.results_queue_max_length,
         topology,
