@@ -286,6 +286,11 @@ pub fn check_files<'a>(
     Ok(())
 }
 
+/// A path key's value, `None` when empty (the key is unset).
+pub fn configured(path: &Path) -> Option<&Path> {
+    (!path.as_os_str().is_empty()).then_some(path)
+}
+
 /// `Err(Invalid)` naming the key `error` is about (once: the message drops its prefix).
 fn refuse<T>(error: &TlsError) -> Result<T, crate::daemon::service::ConfigError> {
     let key = error_key(error);

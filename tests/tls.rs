@@ -181,6 +181,7 @@ fn wrong_ca_is_refused() {
     assert_eq!(code, Some(3), "stdout: {out}\nstderr: {err}");
     assert!(!out.contains("=> 120"), "{out}");
     assert!(err.contains("certificate"), "names the certificate: {err}");
+    eprintln!("measured: wrong CA: {took:?}, stderr {err:?}");
     assert!(took < FAST, "took {took:?}");
 }
 
@@ -205,6 +206,9 @@ fn mtls_refuses_a_client_without_certificate_and_accepts_one_with() {
     );
     assert!(!out.contains("=> 120"), "{out}");
     assert!(took < FAST, "took {took:?}");
+    eprintln!("measured: no client cert: {took:?}, stdout {out:?}, stderr {err:?}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("client certificate"), "{err}");
 
     // A certificate from a CA the server does not trust for clients is refused too.
     let stranger = pki.ca.client(pki.dir.path(), "stranger");
@@ -463,5 +467,80 @@ async fn sighup_serves_a_rotated_certificate_to_new_connections() {
     assert_eq!(
         served_common_name(port, &pki.ca_file).await,
         "server-rotated"
+    );
+}
+
+#[test]
+fn consumer_computes_through_a_server_that_requires_mtls() {
+    use support::amqp::{ConsumerSetup, produce};
+    use support::rabbit::SHARED_AMQP_URL;
+    let pki = pki();
+    let client_ca = Ca::new("labmq client CA");
+    let client_ca_file = client_ca.write(pki.dir.path(), "client-ca.crt");
+    let server = start_tls(&pki.server, Some(&client_ca_file));
+    let client = client_ca.client(pki.dir.path(), "consumer-one");
+    let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[https(&server)]).with_extra(&format!(
+        "grpc_ca_file = {}\ngrpc_cert_file = {}\ngrpc_key_file = {}\n",
+        toml_path(&pki.ca_file),
+        toml_path(&client.cert),
+        toml_path(&client.key)
+    ));
+    let _consumer = setup.start();
+    let (code, stdout, stderr) = produce(
+        SHARED_AMQP_URL,
+        &["--queue", &setup.queue, "--wait", "fact:6", "upper:mtls"],
+        "",
+    );
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        vec!["fact:6 => 720", "upper:mtls => Processed by server: MTLS"]
+    );
+}
+
+#[test]
+fn consumer_check_config_names_its_grpc_tls_keys() {
+    use std::os::unix::fs::PermissionsExt;
+    use support::amqp::ConsumerSetup;
+    use support::rabbit::SHARED_AMQP_URL;
+    let pki = pki();
+    let client = pki.ca.client(pki.dir.path(), "consumer-one");
+    let check = |setup: &ConsumerSetup| {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("consumer.toml");
+        std::fs::write(&path, setup.toml()).expect("write config");
+        let mut command = isolated_command(support::amqp::CONSUMER_BIN, &[] as &[(&str, &str)]);
+        command.arg("--config").arg(&path).arg("--check-config");
+        let output = output_within(command, COMMAND_TIMEOUT);
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let https_target = vec!["https://localhost:50051".to_owned()];
+
+    let no_ca = ConsumerSetup::new(SHARED_AMQP_URL, &https_target);
+    let (code, err) = check(&no_ca);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("grpc_ca_file"), "{err}");
+
+    let files = format!(
+        "grpc_ca_file = {}\ngrpc_cert_file = {}\ngrpc_key_file = {}\n",
+        toml_path(&pki.ca_file),
+        toml_path(&client.cert),
+        toml_path(&client.key)
+    );
+    let good = ConsumerSetup::new(SHARED_AMQP_URL, &https_target).with_extra(&files);
+    let (code, err) = check(&good);
+    assert_eq!(code, Some(0), "{err}");
+
+    std::fs::set_permissions(&client.key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (code, err) = check(&good);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("grpc_key_file") && err.contains("644"),
+        "{err}"
     );
 }

@@ -47,6 +47,12 @@ pub enum ClientError {
          serves TLS, use https:// and --grpc-ca (key grpc_ca_file)"
     )]
     NotPlaintext { target: String, detail: String },
+    #[error(
+        "gRPC server {target} closed the TLS connection before answering ({detail}): does \
+         it require a client certificate (--grpc-cert/--grpc-key, keys grpc_cert_file, \
+         grpc_key_file) from a CA it trusts?"
+    )]
+    TlsRefused { target: String, detail: String },
     #[error("cannot connect to gRPC server {target}")]
     Unreachable {
         target: String,
@@ -306,20 +312,28 @@ impl ComputeClient {
                 })?;
             // A plaintext HTTP/2 client only learns that the server speaks TLS when the
             // first call fails; one cheap call (any answer will do) tells it now.
-            if address.starts_with("http://") {
-                let probe = tonic_health::pb::health_client::HealthClient::new(channel)
-                    .check(tonic_health::pb::HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await;
-                if let Err(status) = probe
-                    && std::error::Error::source(&status).is_some()
-                {
-                    return Err(ClientError::NotPlaintext {
+            // Likewise under TLS 1.3 a client learns that its certificate was refused only
+            // after its side of the handshake is done.
+            let probe = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if let Err(status) = probe
+                && let Some(source) = std::error::Error::source(&status)
+            {
+                let detail = crate::daemon::logging::error_chain(source);
+                return Err(if address.starts_with("https://") {
+                    ClientError::TlsRefused {
+                        target: address,
+                        detail,
+                    }
+                } else {
+                    ClientError::NotPlaintext {
                         target: address,
                         detail: status.message().to_owned(),
-                    });
-                }
+                    }
+                });
             }
         }
         Ok(client)

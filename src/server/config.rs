@@ -2,7 +2,7 @@
 //! command line.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Parser};
 use serde::{Deserialize, Serialize};
@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::compute::{ab, factorial, frequent_letter};
 use crate::daemon::service::{ConfigError, check_log_level, check_not_empty, invalid};
 use crate::daemon::service::{DaemonArgs, Service};
+use crate::tls::configured as set;
 
 /// `labmq-server` (`/etc/labmq/server.toml`, `LABMQ_SERVER_*`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,11 +161,6 @@ impl Service for ServerConfig {
     fn log_level(&self) -> &str {
         &self.log_level
     }
-}
-
-/// A path key's value, `None` when empty (the key is unset).
-pub fn set(path: &Path) -> Option<&Path> {
-    (!path.as_os_str().is_empty()).then_some(path)
 }
 
 /// `key` must lie in `min..=max`.

@@ -30,7 +30,7 @@ pub struct TlsFiles {
 impl TlsFiles {
     /// `None` when `config` serves plaintext.
     pub fn from_config(config: &ServerConfig) -> Option<Self> {
-        use super::config::set;
+        use crate::tls::configured as set;
         Some(Self {
             cert: set(&config.tls_cert_file)?.to_owned(),
             key: set(&config.tls_key_file)?.to_owned(),
