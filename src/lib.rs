@@ -15,6 +15,7 @@
 //! | [`amqp`]     | shared RabbitMQ code: settings, topology, confirmed publishing, the   |
 //! |              | producer and the one reconnecting session driver                      |
 //! | [`grpc`]     | the generated `message` package and the balancing client              |
+//! | [`tls`]      | PEM certificates and keys: loading, config checks, rustls configs     |
 //! | [`task`]     | the domain: task grammar, outputs, result documents                   |
 //! | [`compute`]  | pure computations, no I/O                                            |
 //! | [`daemon`]   | generic plumbing: Service trait, config loader, runner, logging,      |
@@ -31,4 +32,5 @@ pub mod daemon;
 pub mod grpc;
 pub mod server;
 pub mod task;
+pub mod tls;
 pub mod web;

@@ -1,5 +1,6 @@
 //! `labmq-call`: calls labmq-server directly for each task and prints one line per task.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -19,7 +20,8 @@ use crate::task::parse_list;
 #[derive(Debug, Parser)]
 #[command(name = "labmq-call", version)]
 pub struct CallArgs {
-    /// gRPC server address, host:port or http://host:port
+    /// gRPC server address, host:port, http://host:port or https://host:port (a bare
+    /// host:port is https when --grpc-ca is given)
     #[arg(
         long,
         env = "LABMQ_GRPC_TARGET",
@@ -27,6 +29,15 @@ pub struct CallArgs {
         value_name = "ADDR"
     )]
     pub server: String,
+    /// PEM CA certificate that signs the server's certificate (for https targets)
+    #[arg(long, value_name = "FILE")]
+    pub grpc_ca: Option<PathBuf>,
+    /// PEM client certificate, for a server that requires mTLS (with --grpc-key)
+    #[arg(long, value_name = "FILE", requires_all = ["grpc_key", "grpc_ca"])]
+    pub grpc_cert: Option<PathBuf>,
+    /// PEM private key of --grpc-cert, readable by its owner only
+    #[arg(long, value_name = "FILE", requires = "grpc_cert")]
+    pub grpc_key: Option<PathBuf>,
     /// Seconds to wait for the connection to be established
     #[arg(long, default_value_t = 3, value_name = "SECS")]
     pub connect_timeout: u64,
@@ -49,9 +60,17 @@ pub async fn run(args: CallArgs) -> ExitCode {
         eprintln!("labmq-call: no tasks given (arguments were empty)");
         return ExitCode::from(EXIT_USAGE);
     }
+    let tls = match client_tls(&args) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("labmq-call: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let options = ClientOptions {
         connect_timeout: Duration::from_secs(args.connect_timeout),
         request_timeout: Duration::from_secs(args.timeout),
+        tls,
     };
     let client = match ComputeClient::connect(std::slice::from_ref(&args.server), &options).await {
         Ok(client) => client,
@@ -82,4 +101,33 @@ pub async fn run(args: CallArgs) -> ExitCode {
         }
     }
     status
+}
+
+fn client_tls(
+    args: &CallArgs,
+) -> Result<Option<tonic::transport::ClientTlsConfig>, crate::tls::TlsError> {
+    use crate::tls::KeyedPath;
+    let Some(ca) = &args.grpc_ca else {
+        return Ok(None);
+    };
+    let identity = args.grpc_cert.as_deref().zip(args.grpc_key.as_deref());
+    crate::tls::client_config(
+        KeyedPath {
+            key: "--grpc-ca",
+            path: ca,
+        },
+        identity.map(|(cert, key)| {
+            (
+                KeyedPath {
+                    key: "--grpc-cert",
+                    path: cert,
+                },
+                KeyedPath {
+                    key: "--grpc-key",
+                    path: key,
+                },
+            )
+        }),
+    )
+    .map(Some)
 }

@@ -1,6 +1,8 @@
 //! `labmq-consumer`'s configuration (`/etc/labmq/consumer.toml`, `LABMQ_CONSUMER_*`) and
 //! command line.
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser};
 use serde::{Deserialize, Serialize};
 
@@ -8,6 +10,7 @@ use crate::amqp::settings::{AmqpSettings, PASSWORD_KEY};
 use crate::daemon::service::{ConfigError, check_log_level, check_positive, invalid};
 use crate::daemon::service::{DaemonArgs, Service};
 use crate::grpc::client::normalize_target;
+use crate::tls::{KeyedPath, TlsError, configured};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -23,6 +26,13 @@ pub struct ConsumerConfig {
     pub results_queue_max_length: u32,
     /// gRPC servers; calls are spread over them and skip one that is down.
     pub grpc_targets: Vec<String>,
+    /// PEM CA that signs the servers' certificates; set, bare `host:port` targets are
+    /// `https://`. Empty: plaintext (an `https://` target then is an error).
+    pub grpc_ca_file: PathBuf,
+    /// PEM client certificate for servers that require mTLS (with `grpc_key_file`).
+    pub grpc_cert_file: PathBuf,
+    /// PEM private key of `grpc_cert_file`, readable by its owner only.
+    pub grpc_key_file: PathBuf,
     /// Deliveries the broker may push ahead of acks.
     pub prefetch: u16,
     /// Tasks processed at once.
@@ -57,6 +67,9 @@ impl Default for ConsumerConfig {
             results_queue: String::new(),
             results_queue_max_length: 100_000,
             grpc_targets: vec!["127.0.0.1:50051".into()],
+            grpc_ca_file: PathBuf::new(),
+            grpc_cert_file: PathBuf::new(),
+            grpc_key_file: PathBuf::new(),
             prefetch: 128,
             concurrency: 64,
             max_body_bytes: 2 * 1024 * 1024,
@@ -111,6 +124,7 @@ impl Service for ConsumerConfig {
                 );
             }
         }
+        self.validate_grpc_tls()?;
         check_positive("prefetch", self.prefetch.into())?;
         check_positive("concurrency", self.concurrency as u64)?;
         check_positive("max_body_bytes", self.max_body_bytes as u64)?;
@@ -132,6 +146,61 @@ impl Service for ConsumerConfig {
 
     fn log_level(&self) -> &str {
         &self.log_level
+    }
+}
+
+impl ConsumerConfig {
+    fn validate_grpc_tls(&self) -> Result<(), ConfigError> {
+        let ca = configured(&self.grpc_ca_file);
+        if ca.is_none() {
+            if let Some(target) = self
+                .grpc_targets
+                .iter()
+                .find(|t| t.trim().starts_with("https://"))
+            {
+                return invalid(
+                    "grpc_ca_file",
+                    format!("must be set for the https target {target:?} in grpc_targets"),
+                );
+            }
+            if configured(&self.grpc_cert_file).is_some() {
+                return invalid("grpc_ca_file", "must be set with grpc_cert_file (mTLS)");
+            }
+        }
+        crate::tls::check_files(
+            ("grpc_cert_file", configured(&self.grpc_cert_file)),
+            ("grpc_key_file", configured(&self.grpc_key_file)),
+            ("grpc_ca_file", ca),
+        )
+    }
+
+    /// The TLS side of the gRPC client, `None` for plaintext.
+    pub fn grpc_tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, TlsError> {
+        let Some(ca) = configured(&self.grpc_ca_file) else {
+            return Ok(None);
+        };
+        let identity = configured(&self.grpc_cert_file)
+            .zip(configured(&self.grpc_key_file))
+            .map(|(cert, key)| {
+                (
+                    KeyedPath {
+                        key: "grpc_cert_file",
+                        path: cert,
+                    },
+                    KeyedPath {
+                        key: "grpc_key_file",
+                        path: key,
+                    },
+                )
+            });
+        crate::tls::client_config(
+            KeyedPath {
+                key: "grpc_ca_file",
+                path: ca,
+            },
+            identity,
+        )
+        .map(Some)
     }
 }
 
@@ -167,6 +236,18 @@ pub struct ConsumerFlags {
     #[arg(long = "grpc-target", value_name = "ADDR")]
     #[serde(rename = "grpc_targets", skip_serializing_if = "Vec::is_empty")]
     pub grpc_targets: Vec<String>,
+    /// PEM CA of the gRPC servers' certificates, for https targets (key `grpc_ca_file`)
+    #[arg(long = "grpc-ca", value_name = "FILE")]
+    #[serde(rename = "grpc_ca_file", skip_serializing_if = "Option::is_none")]
+    pub grpc_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mTLS (key `grpc_cert_file`)
+    #[arg(long = "grpc-cert", value_name = "FILE")]
+    #[serde(rename = "grpc_cert_file", skip_serializing_if = "Option::is_none")]
+    pub grpc_cert_file: Option<PathBuf>,
+    /// PEM private key of --grpc-cert, mode 600 (key `grpc_key_file`)
+    #[arg(long = "grpc-key", value_name = "FILE")]
+    #[serde(rename = "grpc_key_file", skip_serializing_if = "Option::is_none")]
+    pub grpc_key_file: Option<PathBuf>,
     /// Tasks processed at once (key `concurrency`) [default: 64]
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]

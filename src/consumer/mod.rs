@@ -39,6 +39,8 @@ pub enum ConsumerError {
     Amqp(#[from] AmqpError),
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Consumes until `shutdown`, reconnecting to the broker as long as it takes.
@@ -51,6 +53,7 @@ pub async fn run(
         &config.grpc_targets,
         &ClientOptions {
             request_timeout: Duration::from_secs(config.grpc_timeout_secs),
+            tls: config.grpc_tls()?,
             ..ClientOptions::default()
         },
     )?);

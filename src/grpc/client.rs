@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use super::MAX_RESPONSE_BYTES;
@@ -28,6 +28,31 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error(
+        "gRPC server address {target} is https but no CA is configured \
+         (--grpc-ca, key grpc_ca_file)"
+    )]
+    HttpsWithoutCa { target: String },
+    #[error(
+        "gRPC server {target} does not speak TLS (a plaintext server?): use http:// or \
+         give the server tls_cert_file and tls_key_file"
+    )]
+    NotTls {
+        target: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error(
+        "gRPC server {target} broke off the plaintext HTTP/2 connection ({detail}): if it \
+         serves TLS, use https:// and --grpc-ca (key grpc_ca_file)"
+    )]
+    NotPlaintext { target: String, detail: String },
+    #[error(
+        "gRPC server {target} closed the TLS connection before answering ({detail}): does \
+         it require a client certificate (--grpc-cert/--grpc-key, keys grpc_cert_file, \
+         grpc_key_file) from a CA it trusts?"
+    )]
+    TlsRefused { target: String, detail: String },
     #[error("cannot connect to gRPC server {target}")]
     Unreachable {
         target: String,
@@ -130,6 +155,8 @@ impl From<&CallError> for ErrorInfo {
 pub struct ClientOptions {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// The CA (and client certificate) for `https://` targets; see [`crate::tls`].
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl Default for ClientOptions {
@@ -137,6 +164,7 @@ impl Default for ClientOptions {
         Self {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -167,30 +195,72 @@ pub struct ComputeClient {
     next: AtomicUsize,
 }
 
-/// Accepts `host:port` as well as `http://host:port`.
+/// Accepts `host:port` as well as `http://host:port` and `https://host:port`.
 pub fn normalize_target(target: &str) -> String {
+    normalize_target_for(target, false)
+}
+
+/// A bare `host:port` is `https://` when TLS is configured: setting a CA means the
+/// servers speak TLS, and only an explicit `http://` says otherwise.
+fn normalize_target_for(target: &str, tls: bool) -> String {
     let target = target.trim();
     if target.contains("://") {
         target.to_owned()
+    } else if tls {
+        format!("https://{target}")
     } else {
         format!("http://{target}")
     }
 }
 
 fn endpoint(target: &str, options: &ClientOptions) -> Result<Endpoint, ClientError> {
-    let address = normalize_target(target);
-    Endpoint::from_shared(address)
-        .map_err(|source| ClientError::BadTarget {
+    let address = normalize_target_for(target, options.tls.is_some());
+    let https = address.starts_with("https://");
+    let endpoint =
+        Endpoint::from_shared(address.clone()).map_err(|source| ClientError::BadTarget {
             target: target.to_owned(),
             source,
-        })
-        .map(|e| {
-            e.connect_timeout(options.connect_timeout)
-                .timeout(options.request_timeout)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_while_idle(true)
-        })
+        })?;
+    let endpoint = match (&options.tls, https) {
+        (Some(tls), true) => {
+            endpoint
+                .tls_config(tls.clone())
+                .map_err(|source| ClientError::BadTarget {
+                    target: target.to_owned(),
+                    source,
+                })?
+        }
+        (None, true) => return Err(ClientError::HttpsWithoutCa { target: address }),
+        (_, false) => endpoint,
+    };
+    Ok(endpoint
+        .connect_timeout(options.connect_timeout)
+        .timeout(options.request_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true))
+}
+
+/// Whether a TLS handshake failed because the server answered in plaintext.
+fn is_plaintext_answer(error: &tonic::transport::Error) -> bool {
+    use tokio_rustls::rustls::{Error as TlsError, InvalidMessage};
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        let tls = current.downcast_ref::<TlsError>().or_else(|| {
+            current
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<TlsError>())
+        });
+        if matches!(
+            tls,
+            Some(TlsError::InvalidMessage(InvalidMessage::InvalidContentType))
+        ) {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
 }
 
 fn wrap(channel: Channel) -> MessageServiceClient<Channel> {
@@ -218,17 +288,53 @@ impl ComputeClient {
         })
     }
 
-    /// Dials every address now, failing with `Unreachable` if one cannot be reached.
+    /// Dials every address now, failing with `Unreachable` if one cannot be reached, and
+    /// with `NotTls`/`NotPlaintext` if client and server disagree about TLS.
     pub async fn connect(targets: &[String], options: &ClientOptions) -> Result<Self, ClientError> {
         let client = Self::lazy(targets, options)?;
         for target in targets {
-            endpoint(target, options)?
+            let address = normalize_target_for(target, options.tls.is_some());
+            let channel = endpoint(target, options)?
                 .connect()
                 .await
-                .map_err(|source| ClientError::Unreachable {
-                    target: normalize_target(target),
-                    source,
+                .map_err(|source| {
+                    if is_plaintext_answer(&source) {
+                        ClientError::NotTls {
+                            target: address.clone(),
+                            source,
+                        }
+                    } else {
+                        ClientError::Unreachable {
+                            target: address.clone(),
+                            source,
+                        }
+                    }
                 })?;
+            // A plaintext HTTP/2 client only learns that the server speaks TLS when the
+            // first call fails; one cheap call (any answer will do) tells it now.
+            // Likewise under TLS 1.3 a client learns that its certificate was refused only
+            // after its side of the handshake is done.
+            let probe = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if let Err(status) = probe
+                && let Some(source) = std::error::Error::source(&status)
+            {
+                let detail = crate::daemon::logging::error_chain(source);
+                return Err(if address.starts_with("https://") {
+                    ClientError::TlsRefused {
+                        target: address,
+                        detail,
+                    }
+                } else {
+                    ClientError::NotPlaintext {
+                        target: address,
+                        detail: status.message().to_owned(),
+                    }
+                });
+            }
         }
         Ok(client)
     }

@@ -2,6 +2,7 @@
 //! command line.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Args, Parser};
 use serde::{Deserialize, Serialize};
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::compute::{ab, factorial, frequent_letter};
 use crate::daemon::service::{ConfigError, check_log_level, check_not_empty, invalid};
 use crate::daemon::service::{DaemonArgs, Service};
+use crate::tls::configured as set;
 
 /// `labmq-server` (`/etc/labmq/server.toml`, `LABMQ_SERVER_*`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +48,13 @@ pub struct ServerConfig {
     pub keepalive_interval_secs: u64,
     /// How long a ping may go unanswered before the connection is closed.
     pub keepalive_timeout_secs: u64,
+    /// PEM certificate chain; with `tls_key_file`, gRPC is served over TLS only. Empty:
+    /// plaintext.
+    pub tls_cert_file: PathBuf,
+    /// PEM private key of `tls_cert_file`, readable by its owner only.
+    pub tls_key_file: PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate it signed (mTLS).
+    pub tls_client_ca_file: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +76,9 @@ impl Default for ServerConfig {
             handshake_timeout_secs: 10,
             keepalive_interval_secs: 60,
             keepalive_timeout_secs: 20,
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
+            tls_client_ca_file: PathBuf::new(),
         }
     }
 }
@@ -132,6 +144,17 @@ impl Service for ServerConfig {
             1,
             3_600,
         )?;
+        if set(&self.tls_client_ca_file).is_some() && set(&self.tls_cert_file).is_none() {
+            return invalid(
+                "tls_client_ca_file",
+                "client certificates need TLS: set tls_cert_file and tls_key_file too",
+            );
+        }
+        crate::tls::check_files(
+            ("tls_cert_file", set(&self.tls_cert_file)),
+            ("tls_key_file", set(&self.tls_key_file)),
+            ("tls_client_ca_file", set(&self.tls_client_ca_file)),
+        )?;
         Ok(())
     }
 
@@ -156,7 +179,8 @@ where
 /// Configuration layers, later wins: built-in defaults, the TOML file
 /// (/etc/labmq/server.toml or --config), LABMQ_SERVER_* environment variables
 /// (e.g. LABMQ_SERVER_LISTEN=0.0.0.0:50051), command-line flags.
-/// SIGTERM/SIGINT drain in-flight calls and exit 0; SIGHUP re-reads log_level.
+/// SIGTERM/SIGINT drain in-flight calls and exit 0; SIGHUP re-reads log_level and the
+/// TLS certificate, key and client CA files (rotation without a restart).
 /// Exit status: 0 clean stop, 1 runtime failure (e.g. address in use), 78 bad configuration.
 #[derive(Debug, Parser)]
 #[command(name = "labmq-server", version)]
@@ -174,6 +198,18 @@ pub struct ServerFlags {
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// PEM certificate chain to serve gRPC over TLS (key `tls_cert_file`)
+    #[arg(long = "tls-cert", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert, mode 600 (key `tls_key_file`)
+    #[arg(long = "tls-key", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA that must sign client certificates: requires mTLS (key `tls_client_ca_file`)
+    #[arg(long = "tls-client-ca", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca_file: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! - [`accept`]: connections accepted within limits (count, handshake time, fd errors);
 //! - [`linger`]: connections closed so that the last response always arrives;
 //! - [`throttle`]: repeating warnings logged once per period;
+//! - [`tls`]: TLS handshakes off the accept loop, certificates reloaded on SIGHUP;
 //! - [`run`] (here): bind, serve, drain on SIGTERM.
 
 mod accept;
@@ -17,8 +18,11 @@ mod linger;
 mod pool;
 mod service;
 mod throttle;
+mod tls;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -49,6 +53,10 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC transport")]
     Transport(#[from] tonic::transport::Error),
+    #[error("TLS")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot watch SIGHUP for certificate reloads")]
+    Signal(#[source] std::io::Error),
 }
 
 /// Binds the listener, serves until `shutdown` is cancelled, then lets in-flight calls
@@ -90,7 +98,7 @@ pub async fn run(config: &ServerConfig, shutdown: CancellationToken) -> Result<(
         },
         closing,
     );
-    let serving = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .max_concurrent_streams(config.max_concurrent_streams)
         .timeout(Duration::from_secs(config.request_timeout_secs))
         .http2_keepalive_interval(Some(Duration::from_secs(config.keepalive_interval_secs)))
@@ -98,18 +106,39 @@ pub async fn run(config: &ServerConfig, shutdown: CancellationToken) -> Result<(
         .layer(InFlightLimit::new(config.max_calls_in_flight))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, {
-            let shutdown = shutdown.clone();
-            async move { shutdown.cancelled().await }
-        });
+        .add_service(service);
+    let stop = {
+        let shutdown = shutdown.clone();
+        async move { shutdown.cancelled().await }
+    };
+    let scheme = if tls::TlsFiles::from_config(config).is_some() {
+        "gRPC over TLS"
+    } else {
+        "gRPC"
+    };
+    let serving: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match tls::TlsFiles::from_config(config) {
+            Some(files) => {
+                let acceptor = tls::Acceptor::new(files)?;
+                acceptor
+                    .reload_on_sighup(shutdown.clone())
+                    .map_err(ServerError::Signal)?;
+                let incoming = tls::incoming(
+                    incoming,
+                    acceptor,
+                    Duration::from_secs(config.handshake_timeout_secs),
+                );
+                Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
+            }
+            None => Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
+        };
 
-    tracing::info!(listen = %local, "labmq-server serving gRPC on {local}");
+    tracing::info!(listen = %local, "labmq-server serving {scheme} on {local}");
     systemd::ready(&format!("serving on {local}"));
     systemd::spawn_watchdog(shutdown.clone());
 
     let grace = Duration::from_secs(config.shutdown_grace_secs);
-    let mut serving = std::pin::pin!(serving);
+    let mut serving = serving;
     // Serve until a shutdown request. When idle, `serving` can finish in the same poll
     // that sees the cancellation, so STOPPING=1 is sent after this select whichever
     // branch won, never from inside a branch that might lose the race.
