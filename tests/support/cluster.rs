@@ -5,11 +5,12 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
 
 use super::free_port;
+use super::rabbit::{rabbitmqctl, wait_node_serving};
 
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -18,19 +19,6 @@ pub struct ClusterNode {
     pub port: u16,
     dist_port: u16,
     dir: PathBuf,
-}
-
-fn rabbitmqctl(node: &str, args: &[&str]) -> std::process::Output {
-    Command::new("rabbitmqctl")
-        .arg("-n")
-        .arg(node)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run rabbitmqctl ({e}); install RabbitMQ: apt-get install rabbitmq-server"
-            )
-        })
 }
 
 fn checked(node: &str, args: &[&str]) -> String {
@@ -102,23 +90,7 @@ impl ClusterNode {
 
     /// Blocks until the node has booted and its AMQP listener is up.
     pub fn wait_serving(&self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let output = rabbitmqctl(&self.name, &["await_startup", "--timeout", "10"]);
-            if output.status.success()
-                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cluster node {} did not start within {START_TIMEOUT:?}: {}\nlogs in {}",
-                self.name,
-                String::from_utf8_lossy(&output.stderr),
-                self.dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        wait_node_serving(&self.name, self.port, &self.dir, START_TIMEOUT);
     }
 
     /// Stops the whole node (the Erlang VM), waiting until its process is gone.

@@ -2,7 +2,7 @@
 //! node at 127.0.0.1:5672 is never touched. Each node has its own name, ports and data
 //! directory (owned by the `rabbitmq` user, which `rabbitmq-server` drops to).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ pub struct PrivateBroker {
     dir: PathBuf,
 }
 
-fn rabbitmqctl(node: &str, args: &[&str]) -> std::process::Output {
+pub fn rabbitmqctl(node: &str, args: &[&str]) -> std::process::Output {
     Command::new("rabbitmqctl")
         .arg("-n")
         .arg(node)
@@ -30,6 +30,25 @@ fn rabbitmqctl(node: &str, args: &[&str]) -> std::process::Output {
                 "cannot run rabbitmqctl ({e}); install RabbitMQ: apt-get install rabbitmq-server"
             )
         })
+}
+
+/// Blocks until `node` has booted and its AMQP listener on `port` is up; panics after
+/// `timeout`, pointing at the node's logs in `dir`.
+pub fn wait_node_serving(node: &str, port: u16, dir: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let output = rabbitmqctl(node, &["await_startup", "--timeout", "10"]);
+        if output.status.success() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "RabbitMQ node {node} did not start within {timeout:?}: {}\nlogs in {}",
+            String::from_utf8_lossy(&output.stderr),
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 impl PrivateBroker {
@@ -111,23 +130,7 @@ impl PrivateBroker {
 
     /// Blocks until the node has booted and its AMQP listener is up.
     pub fn wait_serving(&self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let output = rabbitmqctl(&self.node, &["await_startup", "--timeout", "10"]);
-            if output.status.success()
-                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "private RabbitMQ node {} did not start within {START_TIMEOUT:?}: {}\nlogs in {}",
-                self.node,
-                String::from_utf8_lossy(&output.stderr),
-                self.dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        wait_node_serving(&self.node, self.port, &self.dir, START_TIMEOUT);
     }
 
     /// Stops the RabbitMQ application (connections drop, the node stays up).
