@@ -458,8 +458,7 @@ async fn sighup_applies_log_level_keeps_the_status_line_and_names_keys_needing_a
         Some(serving.as_str()),
         "the reload must end with the daemon's own status line: {ready:?}"
     );
-    wait_for_log(
-        &mut server,
+    server.wait_for_log(
         &["reloaded: log_level is debug", "max_factorial_n"],
         Duration::from_secs(10),
     );
@@ -472,7 +471,7 @@ async fn sighup_applies_log_level_keeps_the_status_line_and_names_keys_needing_a
         .into_inner()
         .result;
     assert_eq!(result, "3628800");
-    wait_for_log(&mut server, &["Factorial"], Duration::from_secs(10));
+    server.wait_for_log(&["Factorial"], Duration::from_secs(10));
     let log = server.daemon.stderr();
     assert!(!log.contains("configuration reloaded"), "{log}");
 }
@@ -480,26 +479,6 @@ async fn sighup_applies_log_level_keeps_the_status_line_and_names_keys_needing_a
 // ---------------------------------------------------------------------------------------
 // Shutdown
 // ---------------------------------------------------------------------------------------
-
-/// Polls the daemon's stderr until it contains every needle; a log line is the only
-/// outside evidence that a request reached the handler.
-fn wait_for_log(server: &mut Server, needles: &[&str], timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let log = server.daemon.stderr();
-        if needles.iter().all(|n| log.contains(n)) {
-            return;
-        }
-        if let Some(status) = server.daemon.try_exit_status() {
-            panic!("server exited with {status} while waiting for {needles:?}\n{log}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not log {needles:?} within {timeout:?}\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_calls_then_exits_zero() {
@@ -524,11 +503,7 @@ async fn sigterm_drains_in_flight_calls_then_exits_zero() {
         .collect();
 
     // Both requests reached the handler...
-    wait_for_log(
-        &mut server,
-        &["n=400000", "n=400001"],
-        Duration::from_secs(60),
-    );
+    server.wait_for_log(&["n=400000", "n=400001"], Duration::from_secs(60));
     // ...then SIGTERM, acknowledged with STOPPING=1.
     server.daemon.terminate();
     server

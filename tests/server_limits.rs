@@ -29,32 +29,6 @@ async fn client(server: &Server) -> MessageServiceClient<Channel> {
     MessageServiceClient::new(channel).max_decoding_message_size(labmq::grpc::MAX_RESPONSE_BYTES)
 }
 
-/// Polls the daemon's stderr until it contains every needle.
-fn wait_for_log(server: &mut Server, needles: &[&str], timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let log = server.daemon.stderr();
-        if needles.iter().all(|n| contains_whole(&log, n)) {
-            return;
-        }
-        if let Some(status) = server.daemon.try_exit_status() {
-            panic!("server exited with {status} while waiting for {needles:?}\n{log}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not log {needles:?} within {timeout:?}\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Whether `log` holds `needle` not followed by a digit: `n=3000` must not match the
-/// `n=300000` of another call.
-fn contains_whole(log: &str, needle: &str) -> bool {
-    log.match_indices(needle)
-        .any(|(at, _)| !log[at + needle.len()..].starts_with(|c: char| c.is_ascii_digit()))
-}
-
 /// Retries `Factorial(10)` on fresh connections until it answers 3628800, for at most
 /// `within`: the server must be serving normally again.
 async fn serves_again(server: &Server, within: Duration) {
@@ -205,7 +179,7 @@ fn occupy(
             .await
             .map(|reply| reply.into_inner().result)
     });
-    wait_for_log(server, &[&format!("n={n}")], Duration::from_secs(30));
+    server.wait_for_log(&[&format!("n={n}")], Duration::from_secs(30));
     call
 }
 

@@ -517,6 +517,33 @@ impl Server {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// Polls the daemon's stderr until it contains every needle; a log line is the only
+    /// outside evidence that a request reached the handler.
+    pub fn wait_for_log(&mut self, needles: &[&str], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.daemon.stderr();
+            if needles.iter().all(|n| contains_whole(&log, n)) {
+                return;
+            }
+            if let Some(status) = self.daemon.try_exit_status() {
+                panic!("server exited with {status} while waiting for {needles:?}\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not log {needles:?} within {timeout:?}\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Whether `log` holds `needle` not followed by a digit: `n=3000` must not match the
+/// `n=300000` of another call.
+fn contains_whole(log: &str, needle: &str) -> bool {
+    log.match_indices(needle)
+        .any(|(at, _)| !log[at + needle.len()..].starts_with(|c: char| c.is_ascii_digit()))
 }
 
 /// Starts `labmq-server` with `config` (TOML) on a port the OS chooses, ready to serve.
