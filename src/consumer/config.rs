@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser};
 use serde::{Deserialize, Serialize};
 
-use crate::amqp::settings::{AmqpSettings, PASSWORD_KEY};
+use crate::amqp::settings::{AmqpSettings, AmqpTlsFlags, PASSWORD_KEY};
 use crate::daemon::service::{ConfigError, check_log_level, check_positive, invalid};
 use crate::daemon::service::{DaemonArgs, Service};
 use crate::grpc::client::normalize_target;
@@ -228,6 +228,9 @@ pub struct ConsumerFlags {
     #[arg(long = "amqp-url", value_name = "URL")]
     #[serde(rename = "amqp_url", skip_serializing_if = "Vec::is_empty")]
     pub amqp_url: Vec<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub amqp_tls: AmqpTlsFlags,
     /// Task queue (key `queue`) [default: task_queue]
     #[arg(long, value_name = "NAME")]
     #[serde(skip_serializing_if = "Option::is_none")]
