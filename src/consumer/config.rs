@@ -7,6 +7,7 @@ use clap::{Args, Parser};
 use serde::{Deserialize, Serialize};
 
 use crate::amqp::settings::{AmqpSettings, PASSWORD_KEY};
+use crate::daemon::metrics::parse_listen;
 use crate::daemon::service::{ConfigError, check_log_level, check_positive, invalid};
 use crate::daemon::service::{DaemonArgs, Service};
 use crate::grpc::client::normalize_target;
@@ -58,6 +59,8 @@ pub struct ConsumerConfig {
     /// After SIGTERM, how long in-flight tasks may finish before the rest are requeued.
     pub shutdown_grace_secs: u64,
     pub log_level: String,
+    /// Address of the Prometheus `/metrics` listener (plain HTTP); empty: none.
+    pub metrics_listen: String,
 }
 
 impl Default for ConsumerConfig {
@@ -82,6 +85,7 @@ impl Default for ConsumerConfig {
             reconnect_max_secs: 10,
             shutdown_grace_secs: 20,
             log_level: "info".into(),
+            metrics_listen: String::new(),
         }
     }
 }
@@ -141,7 +145,11 @@ impl Service for ConsumerConfig {
                 "must be at least 1 and at most retry_max_ms",
             );
         }
-        check_positive("reconnect_max_secs", self.reconnect_max_secs)
+        check_positive("reconnect_max_secs", self.reconnect_max_secs)?;
+        if let Err(e) = parse_listen(&self.metrics_listen) {
+            return invalid("metrics_listen", e);
+        }
+        Ok(())
     }
 
     fn log_level(&self) -> &str {
@@ -150,6 +158,11 @@ impl Service for ConsumerConfig {
 }
 
 impl ConsumerConfig {
+    /// Where to serve `/metrics`, if anywhere (`validate` has checked the value).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        parse_listen(&self.metrics_listen).ok().flatten()
+    }
+
     fn validate_grpc_tls(&self) -> Result<(), ConfigError> {
         let ca = configured(&self.grpc_ca_file);
         if ca.is_none() {
@@ -256,6 +269,10 @@ pub struct ConsumerFlags {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefetch: Option<u16>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (key `metrics_listen`) [default: off]
+    #[arg(long = "metrics-listen", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 #[cfg(test)]

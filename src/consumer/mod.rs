@@ -8,13 +8,15 @@
 //! - [`handle`]: one delivery's body in, result documents out (parse, check the limits,
 //!   call with capped retries);
 //! - [`dead_letter`]: the properties of a bad message's dead-letter copy;
-//! - [`status`]: the `STATUS=` line and the one-line-per-outage gRPC log.
+//! - [`status`]: the `STATUS=` line and the one-line-per-outage gRPC log;
+//! - [`metrics`]: its Prometheus metrics, served at `metrics_listen`.
 //!
 //! The reconnect loop around sessions is the shared [`crate::amqp::session::Driver`].
 
 pub mod config;
 pub mod dead_letter;
 pub mod handle;
+mod metrics;
 mod session;
 mod status;
 
@@ -25,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::AmqpError;
 use crate::amqp::session::Driver;
+use crate::daemon::metrics::{Metrics, MetricsError};
 use crate::daemon::systemd;
 use crate::grpc::client::{ClientError, ClientOptions, ComputeClient};
 pub use config::{ConsumerArgs, ConsumerConfig};
@@ -41,6 +44,8 @@ pub enum ConsumerError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Consumes until `shutdown`, reconnecting to the broker as long as it takes.
@@ -57,10 +62,16 @@ pub async fn run(
             ..ClientOptions::default()
         },
     )?);
+    let metrics = Metrics::new()?;
+    let consumer_metrics = metrics::ConsumerMetrics::new(&metrics)?;
+    if let Some(addr) = config.metrics_addr() {
+        metrics.serve(addr, shutdown.clone()).await?;
+    }
     let status = Arc::new(StatusBoard::default());
     systemd::spawn_watchdog(shutdown.clone());
 
-    let mut session = session::ConsumeSession::new(config, &target, client, status);
+    let mut session =
+        session::ConsumeSession::new(config, &target, client, status, consumer_metrics);
     Driver {
         target: &target,
         client_name: "labmq-consumer",
