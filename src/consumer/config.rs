@@ -59,6 +59,9 @@ pub struct ConsumerConfig {
     /// After SIGTERM, how long in-flight tasks may finish before the rest are requeued.
     pub shutdown_grace_secs: u64,
     pub log_level: String,
+    /// Seconds between the info-level summaries of processed tasks (each task itself is
+    /// logged at debug).
+    pub log_summary_secs: u64,
     /// Address of the Prometheus `/metrics` listener (plain HTTP); empty: none.
     pub metrics_listen: String,
 }
@@ -85,6 +88,7 @@ impl Default for ConsumerConfig {
             reconnect_max_secs: 10,
             shutdown_grace_secs: 20,
             log_level: "info".into(),
+            log_summary_secs: 60,
             metrics_listen: String::new(),
         }
     }
@@ -146,6 +150,12 @@ impl Service for ConsumerConfig {
             );
         }
         check_positive("reconnect_max_secs", self.reconnect_max_secs)?;
+        if self.log_summary_secs == 0 || self.log_summary_secs > 86_400 {
+            return invalid(
+                "log_summary_secs",
+                format!("{} is outside 1..=86400", self.log_summary_secs),
+            );
+        }
         if let Err(e) = parse_listen(&self.metrics_listen) {
             return invalid("metrics_listen", e);
         }

@@ -9,14 +9,18 @@ use crate::daemon::metrics::{Metrics, MetricsError};
 use crate::task::{ResultDocument, TaskKind};
 
 /// The `kind` label of a result whose body was not a task at all.
-const NO_KIND: &str = "none";
+pub const NO_KIND: &str = "none";
+/// Every value of the `kind` label.
+pub const KINDS: &[&str] = &["ab", "factorial", "frequent_letter", "upper", NO_KIND];
+/// Every value of the `outcome` label.
+pub const OUTCOMES: [&str; 2] = ["ok", "failed"];
 
 #[derive(Clone)]
 pub struct ConsumerMetrics {
-    tasks: IntCounterVec,
-    task_latency: HistogramVec,
+    pub(super) tasks: IntCounterVec,
+    pub(super) task_latency: HistogramVec,
     pub retries: IntCounter,
-    dead_letters: IntCounterVec,
+    pub(super) dead_letters: IntCounterVec,
     pub requeues: IntCounter,
     pub in_flight: IntGauge,
     pub broker_connected: IntGauge,
@@ -29,7 +33,7 @@ pub struct ConsumerMetrics {
 
 impl ConsumerMetrics {
     pub fn new(metrics: &Metrics) -> Result<Self, MetricsError> {
-        Ok(Self {
+        let created = Self {
             tasks: metrics.counter_vec(
                 "labmq_consumer_tasks_total",
                 "Tasks processed (result published and message acked), by kind and outcome (ok, failed).",
@@ -79,16 +83,25 @@ impl ConsumerMetrics {
                 "labmq_consumer_message_duration_seconds",
                 "Time from a delivery's arrival to its ack (all its tasks, publish and confirms).",
             )?,
-        })
+        };
+        // Every kind and outcome from the start, at 0: rate() and increase() then see
+        // the first task of a kind too.
+        for kind in KINDS {
+            for outcome in OUTCOMES {
+                created.tasks.with_label_values(&[*kind, outcome]);
+            }
+            created.task_latency.with_label_values(&[*kind]);
+        }
+        Ok(created)
     }
 
     /// One result published and acked.
     pub fn task_done(&self, document: &ResultDocument) {
         let kind = document.kind.map_or(NO_KIND, TaskKind::as_str);
         let outcome = if document.error.is_none() {
-            "ok"
+            OUTCOMES[0]
         } else {
-            "failed"
+            OUTCOMES[1]
         };
         self.tasks.with_label_values(&[kind, outcome]).inc();
         self.task_latency

@@ -9,7 +9,9 @@
 //!   call with capped retries);
 //! - [`dead_letter`]: the properties of a bad message's dead-letter copy;
 //! - [`status`]: the `STATUS=` line and the one-line-per-outage gRPC log;
-//! - [`metrics`]: its Prometheus metrics, served at `metrics_listen`.
+//! - [`metrics`]: its Prometheus metrics, served at `metrics_listen`;
+//! - [`tasklog`]: per-task records at debug, failures at warn (rate-limited), a summary
+//!   at info every `log_summary_secs`.
 //!
 //! The reconnect loop around sessions is the shared [`crate::amqp::session::Driver`].
 
@@ -19,6 +21,7 @@ pub mod handle;
 mod metrics;
 mod session;
 mod status;
+mod tasklog;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,10 +71,19 @@ pub async fn run(
         metrics.serve(addr, shutdown.clone()).await?;
     }
     let status = Arc::new(StatusBoard::default());
+    let task_log = Arc::new(tasklog::TaskLog::new(consumer_metrics.clone()));
+    // Stopped after the drain, not at SIGTERM, so the last summary counts every task.
+    let summaries_stop = CancellationToken::new();
+    let summaries = tokio::spawn({
+        let task_log = task_log.clone();
+        let interval = Duration::from_secs(config.log_summary_secs);
+        let stop = summaries_stop.clone();
+        async move { task_log.summarize(interval, stop).await }
+    });
     systemd::spawn_watchdog(shutdown.clone());
 
     let mut session =
-        session::ConsumeSession::new(config, &target, client, status, consumer_metrics);
+        session::ConsumeSession::new(config, &target, client, status, consumer_metrics, task_log);
     Driver {
         target: &target,
         client_name: "labmq-consumer",
@@ -80,6 +92,11 @@ pub async fn run(
     }
     .run(&mut session, &shutdown)
     .await;
+    // The last summary covers the tasks finished while draining.
+    summaries_stop.cancel();
+    if let Err(e) = summaries.await {
+        tracing::warn!(error = %e, "the log summary task ended abnormally");
+    }
     systemd::stopping("stopped");
     tracing::info!("labmq-consumer stopped");
     Ok(())

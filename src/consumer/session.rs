@@ -20,6 +20,7 @@ use super::dead_letter::dead_letter_properties;
 use super::handle::{Handler, Limits, RetryPolicy, Verdict, message_key};
 use super::metrics::{ConsumerMetrics, InFlight};
 use super::status::StatusBoard;
+use super::tasklog::TaskLog;
 use crate::amqp::AmqpError;
 use crate::amqp::publish::{ONE_TASK_HEADER, Publisher, Route, confirmed, persistent};
 use crate::amqp::quarantine;
@@ -47,6 +48,7 @@ struct Context {
     frame_max: u32,
     /// Tripped by a task whose publish failed: the session is broken and must reconnect.
     broken: CancellationToken,
+    task_log: Arc<TaskLog>,
 }
 
 pub(super) struct ConsumeSession {
@@ -61,6 +63,7 @@ pub(super) struct ConsumeSession {
     status: Arc<StatusBoard>,
     ready_sent: bool,
     metrics: ConsumerMetrics,
+    task_log: Arc<TaskLog>,
     /// Sessions that got as far as consuming: every one after the first is a reconnect.
     sessions: u64,
 }
@@ -72,6 +75,7 @@ impl ConsumeSession {
         client: Arc<ComputeClient>,
         status: Arc<StatusBoard>,
         metrics: ConsumerMetrics,
+        task_log: Arc<TaskLog>,
     ) -> Self {
         Self {
             config: config.clone(),
@@ -83,6 +87,7 @@ impl ConsumeSession {
             status,
             ready_sent: false,
             metrics,
+            task_log,
             sessions: 0,
         }
     }
@@ -137,6 +142,7 @@ impl Session for ConsumeSession {
             topology: self.topology.clone(),
             frame_max: connection.configuration().frame_max(),
             broken: CancellationToken::new(),
+            task_log: self.task_log.clone(),
         });
 
         // The node that serves this session, not the whole list: operators want to know
@@ -459,7 +465,7 @@ async fn handle_and_deliver(
     }
     for document in &results {
         metrics.task_done(document);
-        log_processed(document, delivery.redelivered);
+        context.task_log.processed(document, delivery.redelivered);
     }
 }
 
@@ -564,28 +570,6 @@ async fn requeue(delivery: &Delivery, message_id: &str, metrics: &ConsumerMetric
         Ok(_) => tracing::info!(task_id = %message_id, "task {message_id} requeued"),
         Err(e) => {
             tracing::debug!(task_id = %message_id, error = %e, "requeue failed; the broker requeues on disconnect")
-        }
-    }
-}
-
-fn log_processed(document: &ResultDocument, redelivered: bool) {
-    let kind = document.kind.map_or("none", |k| k.as_str());
-    let task = truncate(&document.task, 80);
-    let (ms, attempts) = (document.duration_ms, document.attempts);
-    // The short journal view shows only the message, so it says what matters.
-    match &document.error {
-        None => tracing::info!(
-            task_id = %document.id, kind, ok = true, duration_ms = ms, attempts, redelivered,
-            task = %task,
-            "task processed: {task} ({kind}) in {ms} ms, {attempts} attempt(s)"
-        ),
-        Some(error) => {
-            let reason = truncate(&error.message, 200);
-            tracing::warn!(
-                task_id = %document.id, kind, ok = false, duration_ms = ms, attempts, redelivered,
-                task = %task, error_code = %error.code, error = %reason,
-                "task failed; message dead-lettered: {task} ({kind}) {}: {reason}", error.code
-            );
         }
     }
 }
