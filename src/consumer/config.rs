@@ -410,4 +410,37 @@ mod tests {
                 .is_none()
         );
     }
+
+    #[test]
+    fn amqp_tls_flags_and_environment_set_their_keys() {
+        let args = ConsumerArgs::try_parse_from([
+            "labmq-consumer",
+            "--amqp-ca",
+            "/etc/labmq/tls/rabbitmq-ca.crt",
+            "--amqp-cert",
+            "/etc/labmq/tls/consumer.crt",
+            "--amqp-key",
+            "/etc/labmq/tls/consumer.key",
+        ])
+        .unwrap();
+        let json = serde_json::to_value(&args.flags).unwrap();
+        assert_eq!(json["amqp_ca_file"], "/etc/labmq/tls/rabbitmq-ca.crt");
+        assert_eq!(json["amqp_cert_file"], "/etc/labmq/tls/consumer.crt");
+        assert_eq!(json["amqp_key_file"], "/etc/labmq/tls/consumer.key");
+        let none = ConsumerArgs::try_parse_from(["labmq-consumer"]).unwrap();
+        let json = serde_json::to_value(&none.flags).unwrap();
+        assert!(json.get("amqp_ca_file").is_none(), "{json}");
+
+        Jail::expect_with(|jail| {
+            jail.create_file("consumer.toml", "")?;
+            jail.set_env("LABMQ_CONSUMER_AMQP_CA_FILE", "/nonexistent/ca.crt");
+            let err = load_consumer().unwrap_err().to_string();
+            // Read from the environment, then refused: every URL is plain amqp://.
+            assert!(
+                err.contains("amqp_ca_file") && err.contains("plain amqp://"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
 }
