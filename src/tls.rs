@@ -1,7 +1,7 @@
-//! PEM certificates and keys for gRPC over TLS (rustls, no OpenSSL): loading them, the
-//! checks `--check-config` makes (file present, key not readable by others, key matching
-//! its certificate, certificate not expired), and the rustls configurations built from them.
-//! Every error names the configuration key whose file was wrong.
+//! PEM certificates and keys for TLS (rustls, no OpenSSL), for gRPC and for AMQP: loading
+//! them, the checks `--check-config` makes (file present, key not readable by others, key
+//! matching its certificate, certificate not expired), and the rustls configurations built
+//! from them. Every error names the configuration key whose file was wrong.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -259,6 +259,63 @@ pub fn client_config(
         ));
     }
     Ok(config)
+}
+
+/// A rustls client configuration (for AMQP over TLS): the server's certificate must chain
+/// to a CA of `ca` (or, without it, to the system's roots, whose absence is reported
+/// against `ca_key`) and be valid for the host name connected to; with `identity` this
+/// client presents its own certificate (mutual TLS, RabbitMQ's EXTERNAL login).
+pub fn client_rustls_config(
+    ca_key: &'static str,
+    ca: Option<&Path>,
+    identity: Option<(KeyedPath<'_>, KeyedPath<'_>)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let store = match ca {
+        Some(path) => roots(KeyedPath { key: ca_key, path })?,
+        None => system_roots(ca_key)?,
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls {
+            key: ca_key,
+            detail: e.to_string(),
+        })?
+        .with_root_certificates(store);
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let (certs, private) = load_pair(cert, key)?;
+            builder
+                .with_client_auth_cert(certs, private)
+                .map_err(|e| TlsError::Rustls {
+                    key: key.key,
+                    detail: e.to_string(),
+                })
+        }
+    }
+}
+
+/// The system's CA certificates (Debian/Ubuntu: /etc/ssl/certs, from ca-certificates).
+fn system_roots(ca_key: &'static str) -> Result<RootCertStore, TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut store = RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        return Err(TlsError::Rustls {
+            key: ca_key,
+            detail: format!(
+                "unset, and no system CA certificates were found ({}); install \
+                 ca-certificates or set {ca_key} to the CA that signs the broker's certificate",
+                if errors.is_empty() {
+                    "none readable".to_owned()
+                } else {
+                    errors.join("; ")
+                }
+            ),
+        });
+    }
+    Ok(store)
 }
 
 /// Checks the files of optional `*_cert_file`/`*_key_file`/CA keys: both or neither of the

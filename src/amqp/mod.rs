@@ -9,6 +9,7 @@
 //!   their results over direct reply-to;
 //! - [`quarantine`]: taking messages lapin cannot parse (properties that are not UTF-8)
 //!   off the head of a queue with a minimal client of its own, so they cannot wedge it;
+//! - [`tls`]: the TLS handshake with `amqps://` nodes and what a failed one means;
 //! - [`session`]: the one reconnecting session driver that the consumer and labmq-web's
 //!   results ingest both run (connect with a time limit, one log line per outage,
 //!   backoff, bounded close).
@@ -18,6 +19,7 @@ pub(crate) mod publish;
 pub mod quarantine;
 pub(crate) mod session;
 pub mod settings;
+pub mod tls;
 pub mod topology;
 
 /// A broker failure. Every variant keeps the library error it came from as its `source`,
@@ -27,6 +29,8 @@ pub mod topology;
 pub enum AmqpError {
     #[error("invalid AMQP URL {url}: {reason}")]
     BadUrl { url: String, reason: String },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot read AMQP password file {path}")]
     PasswordFile {
         path: String,
@@ -39,6 +43,10 @@ pub enum AmqpError {
         #[source]
         source: lapin::Error,
     },
+    /// TLS is why: a failed handshake, a refused client certificate, a plaintext/TLS
+    /// mismatch; `reason` says which and the likely fix.
+    #[error("cannot connect to RabbitMQ at {url}: {reason}")]
+    TlsFailure { url: String, reason: String },
     #[error("cannot connect to RabbitMQ at {url}: no answer within {timeout:?}")]
     ConnectTimeout {
         url: String,
@@ -89,7 +97,10 @@ impl AmqpError {
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
-            AmqpError::Connect { .. } | AmqpError::ConnectTimeout { .. } | AmqpError::NoNode { .. }
+            AmqpError::Connect { .. }
+                | AmqpError::ConnectTimeout { .. }
+                | AmqpError::TlsFailure { .. }
+                | AmqpError::NoNode { .. }
         )
     }
 

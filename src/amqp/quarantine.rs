@@ -11,11 +11,14 @@
 //! raw properties in hex) before acking it. The good ones it saw go back to the queue, in
 //! order, when its connection closes.
 //!
-//! Plain `amqp://` only: over `amqps://` the sweep is skipped with a warning.
+//! Over `amqps://` it does the TLS handshake the session does (same CA, same client
+//! certificate), and with `?auth_mechanism=external` it logs in as the session does, by the
+//! client certificate: a poisoned message must not block a TLS deployment's queue either.
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use lapin::uri::{AMQPScheme, SASLMechanism};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::settings::AmqpTarget;
@@ -38,7 +41,7 @@ pub enum QuarantineError {
     Protocol(String),
     #[error("quarantine: no answer from the broker within {0:?}")]
     Timeout(Duration),
-    #[error("quarantine needs a plain amqp:// connection; amqps:// is not supported")]
+    #[error("quarantine: amqps:// without a TLS configuration")]
     Tls,
 }
 
@@ -61,17 +64,24 @@ async fn sweep_unbounded(
     limit: usize,
 ) -> Result<usize, QuarantineError> {
     let uri = target.uri();
-    if uri.scheme != lapin::uri::AMQPScheme::AMQP {
-        return Err(QuarantineError::Tls);
-    }
-    let stream = TcpStream::connect((uri.authority.host.as_str(), uri.authority.port)).await?;
+    let (host, port) = (uri.authority.host.as_str(), uri.authority.port);
+    let tcp = TcpStream::connect((host, port)).await?;
+    let stream: Box<dyn Io> = match uri.scheme {
+        AMQPScheme::AMQP => Box::new(tcp),
+        AMQPScheme::AMQPS => {
+            let config = target.tls().ok_or(QuarantineError::Tls)?;
+            Box::new(super::tls::connect_tokio(config, host, port, tcp).await?)
+        }
+    };
     let mut wire = Wire { stream };
-    wire.handshake(
-        &uri.authority.userinfo.username,
-        &uri.authority.userinfo.password,
-        &uri.vhost,
-    )
-    .await?;
+    let login = match uri.query.auth_mechanism {
+        Some(SASLMechanism::External) => Login::External,
+        _ => Login::Plain {
+            user: &uri.authority.userinfo.username,
+            password: &uri.authority.userinfo.password,
+        },
+    };
+    wire.handshake(login, &uri.vhost).await?;
 
     let mut moved = 0;
     let mut publishes = 0u64;
@@ -176,8 +186,19 @@ fn table_entry(buffer: &mut Vec<u8>, key: &str, value: &str) {
     long(buffer, value.as_bytes());
 }
 
+/// A plain or TLS connection to the broker.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 struct Wire {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
+}
+
+/// How the client logs in: the URL's user and password, or (EXTERNAL) the client
+/// certificate of the TLS connection, with an empty response.
+enum Login<'a> {
+    Plain { user: &'a str, password: &'a str },
+    External,
 }
 
 /// One frame: type, channel, payload.
@@ -253,18 +274,21 @@ impl Wire {
         }
     }
 
-    async fn handshake(
-        &mut self,
-        user: &str,
-        password: &str,
-        vhost: &str,
-    ) -> Result<(), QuarantineError> {
+    async fn handshake(&mut self, login: Login<'_>, vhost: &str) -> Result<(), QuarantineError> {
         self.stream.write_all(b"AMQP\x00\x00\x09\x01").await?;
         self.expect(0, 10, 10).await?;
         let mut start_ok = method(10, 11);
         start_ok.extend(0u32.to_be_bytes());
-        short(&mut start_ok, b"PLAIN");
-        long(&mut start_ok, format!("\0{user}\0{password}").as_bytes());
+        match login {
+            Login::Plain { user, password } => {
+                short(&mut start_ok, b"PLAIN");
+                long(&mut start_ok, format!("\0{user}\0{password}").as_bytes());
+            }
+            Login::External => {
+                short(&mut start_ok, b"EXTERNAL");
+                long(&mut start_ok, b"");
+            }
+        }
         short(&mut start_ok, b"en_US");
         self.send(1, 0, &start_ok).await?;
         let tune = self.expect(0, 10, 30).await?;

@@ -3,14 +3,15 @@
 //! `amqp_url`, `queue`, …), and the [`AmqpTarget`] they resolve to: where to connect and
 //! as whom, printable only without its password.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use lapin::uri::AMQPUri;
+use lapin::uri::{AMQPScheme, AMQPUri, SASLMechanism};
 use lapin::{Connection, ConnectionProperties};
 use serde::{Deserialize, Serialize};
+use tokio_rustls::rustls::ClientConfig as TlsClientConfig;
 
 use super::AmqpError;
 use super::topology::{DEFAULT_QUEUE, DEFAULT_RESULTS_EXCHANGE, QueueType, Topology};
@@ -135,6 +136,15 @@ pub struct AmqpSettings {
     pub queue_type: QueueType,
     /// Fanout exchange every result document is published to.
     pub results_exchange: String,
+    /// PEM CA bundle that signs the broker's certificate, for `amqps://` URLs; empty: the
+    /// system's roots. The broker's certificate must also be valid for the URL's host.
+    pub amqp_ca_file: PathBuf,
+    /// PEM client certificate presented to the broker over `amqps://` (with
+    /// `amqp_key_file`); needed for `?auth_mechanism=external` (the certificate is the
+    /// login) and by brokers that set `fail_if_no_peer_cert`.
+    pub amqp_cert_file: PathBuf,
+    /// PEM private key of `amqp_cert_file`, readable by its owner only.
+    pub amqp_key_file: PathBuf,
 }
 
 impl Default for AmqpSettings {
@@ -146,6 +156,42 @@ impl Default for AmqpSettings {
             queue: DEFAULT_QUEUE.into(),
             queue_type: QueueType::Classic,
             results_exchange: DEFAULT_RESULTS_EXCHANGE.into(),
+            amqp_ca_file: PathBuf::new(),
+            amqp_cert_file: PathBuf::new(),
+            amqp_key_file: PathBuf::new(),
+        }
+    }
+}
+
+/// The TLS flags every AMQP program has; each overrides the key of the same name.
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+pub struct AmqpTlsFlags {
+    /// PEM CA that signs the broker's certificate, for amqps:// URLs (key `amqp_ca_file`) [default: the system's roots]
+    #[arg(long = "amqp-ca", value_name = "FILE")]
+    #[serde(rename = "amqp_ca_file", skip_serializing_if = "Option::is_none")]
+    pub amqp_ca_file: Option<PathBuf>,
+    /// PEM client certificate for the broker, e.g. for auth_mechanism=external (key `amqp_cert_file`)
+    #[arg(long = "amqp-cert", value_name = "FILE")]
+    #[serde(rename = "amqp_cert_file", skip_serializing_if = "Option::is_none")]
+    pub amqp_cert_file: Option<PathBuf>,
+    /// PEM private key of --amqp-cert, mode 600 (key `amqp_key_file`)
+    #[arg(long = "amqp-key", value_name = "FILE")]
+    #[serde(rename = "amqp_key_file", skip_serializing_if = "Option::is_none")]
+    pub amqp_key_file: Option<PathBuf>,
+}
+
+impl AmqpTlsFlags {
+    /// Sets the keys given as flags (for programs that do not read flags through figment).
+    pub fn apply(&self, settings: &mut AmqpSettings) {
+        let pairs = [
+            (&self.amqp_ca_file, &mut settings.amqp_ca_file),
+            (&self.amqp_cert_file, &mut settings.amqp_cert_file),
+            (&self.amqp_key_file, &mut settings.amqp_key_file),
+        ];
+        for (flag, key) in pairs {
+            if let Some(path) = flag {
+                key.clone_from(path);
+            }
         }
     }
 }
@@ -155,9 +201,11 @@ impl AmqpSettings {
     /// so `--check-config` (run by the units as the service user) catches one the service
     /// cannot read.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Err(e) = AmqpTarget::new(&self.amqp_url.0, None, None) {
-            return invalid("amqp_url", e.to_string());
-        }
+        let parsed = match AmqpTarget::new(&self.amqp_url.0, None, None) {
+            Ok(parsed) => parsed,
+            Err(e) => return invalid("amqp_url", e.to_string()),
+        };
+        self.validate_tls(&parsed)?;
         if !self.amqp_password_file.is_empty()
             && let Err(e) = self.target()
         {
@@ -172,13 +220,84 @@ impl AmqpSettings {
         ])
     }
 
-    /// Where to connect, with the password from the file, the setting or the URL.
+    /// TLS files only with `amqps://` URLs (a file that would be silently ignored is a
+    /// mistake worth stopping for), EXTERNAL only over TLS with a client certificate, and
+    /// the files themselves as the gRPC ones are checked.
+    fn validate_tls(&self, parsed: &AmqpTarget) -> Result<(), ConfigError> {
+        use crate::tls::configured;
+        let files = [
+            ("amqp_ca_file", configured(&self.amqp_ca_file)),
+            ("amqp_cert_file", configured(&self.amqp_cert_file)),
+            ("amqp_key_file", configured(&self.amqp_key_file)),
+        ];
+        if !parsed.uses_tls()
+            && let Some((key, _)) = files.iter().find(|(_, path)| path.is_some())
+        {
+            return invalid(
+                key,
+                "is set, but every amqp_url is plain amqp://, so no TLS is used and the file \
+                 would be ignored; use amqps:// URLs (the broker's TLS port, usually 5671) or \
+                 remove the key",
+            );
+        }
+        for uri in parsed.nodes.iter() {
+            if uri.query.auth_mechanism == Some(SASLMechanism::External) {
+                if uri.scheme != AMQPScheme::AMQPS {
+                    return invalid(
+                        "amqp_url",
+                        format!(
+                            "{}: auth_mechanism=external logs in with the client certificate, \
+                             so it needs amqps://",
+                            redact_uri(uri)
+                        ),
+                    );
+                }
+                if files[1].1.is_none() {
+                    return invalid(
+                        "amqp_cert_file",
+                        format!(
+                            "must be set (with amqp_key_file): {} asks for \
+                             auth_mechanism=external, which logs in with the client certificate",
+                            redact_uri(uri)
+                        ),
+                    );
+                }
+            }
+        }
+        crate::tls::check_files(files[1], files[2], files[0])
+    }
+
+    /// Where to connect, with the password from the file, the setting or the URL, and the
+    /// TLS configuration (read from its files now) when a URL is `amqps://`.
     pub fn target(&self) -> Result<AmqpTarget, AmqpError> {
-        AmqpTarget::new(
+        let mut target = AmqpTarget::new(
             &self.amqp_url.0,
             Some(self.amqp_password.expose()),
             (!self.amqp_password_file.is_empty()).then(|| Path::new(&self.amqp_password_file)),
-        )
+        )?;
+        if target.uses_tls() {
+            target.tls = Some(Arc::new(self.tls_config()?));
+        }
+        Ok(target)
+    }
+
+    fn tls_config(&self) -> Result<TlsClientConfig, crate::tls::TlsError> {
+        use crate::tls::{KeyedPath, configured};
+        let identity = configured(&self.amqp_cert_file)
+            .zip(configured(&self.amqp_key_file))
+            .map(|(cert, key)| {
+                (
+                    KeyedPath {
+                        key: "amqp_cert_file",
+                        path: cert,
+                    },
+                    KeyedPath {
+                        key: "amqp_key_file",
+                        path: key,
+                    },
+                )
+            });
+        crate::tls::client_rustls_config("amqp_ca_file", configured(&self.amqp_ca_file), identity)
     }
 
     pub fn topology(&self) -> Topology {
@@ -198,6 +317,8 @@ impl AmqpSettings {
 #[derive(Clone)]
 pub struct AmqpTarget {
     nodes: Arc<[AMQPUri]>,
+    /// For `amqps://` nodes: the CA to verify them by and our client certificate.
+    tls: Option<Arc<TlsClientConfig>>,
     /// Index of the node the last successful connect reached; shared by clones, so the
     /// quarantine sweep talks to the node the session is on.
     serving: Arc<AtomicUsize>,
@@ -246,6 +367,7 @@ impl AmqpTarget {
         }
         Ok(Self {
             nodes: nodes.into(),
+            tls: None,
             serving: Arc::new(AtomicUsize::new(0)),
         })
     }
@@ -255,6 +377,16 @@ impl AmqpTarget {
     /// Never print it.
     pub(crate) fn uri(&self) -> &AMQPUri {
         &self.nodes[self.serving_index()]
+    }
+
+    /// The TLS configuration of `amqps://` nodes (`None` when every node is plain).
+    pub(crate) fn tls(&self) -> Option<&Arc<TlsClientConfig>> {
+        self.tls.as_ref()
+    }
+
+    /// Some node is `amqps://`.
+    pub fn uses_tls(&self) -> bool {
+        self.nodes.iter().any(|uri| uri.scheme == AMQPScheme::AMQPS)
     }
 
     fn serving_index(&self) -> usize {
@@ -307,7 +439,7 @@ impl AmqpTarget {
         let mut failures = Vec::new();
         for index in self.connect_order() {
             let uri = &self.nodes[index];
-            match connect_node(uri, &name, timeout).await {
+            match connect_node(uri, self.tls.as_ref(), &name, timeout).await {
                 Ok(connection) => {
                     self.serving.store(index, Ordering::Relaxed);
                     return Ok(connection);
@@ -335,15 +467,61 @@ impl AmqpTarget {
 
 async fn connect_node(
     uri: &AMQPUri,
+    tls: Option<&Arc<TlsClientConfig>>,
     name: &str,
     timeout: Duration,
 ) -> Result<Connection, AmqpError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    match tokio::time::timeout(timeout, Connection::connect_uri(uri.clone(), properties)).await {
-        Ok(connected) => connected.map_err(|source| AmqpError::Connect {
-            url: redact_uri(uri),
-            source,
-        }),
+    let runtime = lapin::runtime::default_runtime().map_err(|source| AmqpError::Connect {
+        url: redact_uri(uri),
+        source,
+    })?;
+    // lapin's own TLS (tcp-stream) adds a CA to the system's roots and cannot be given a
+    // rustls configuration; this transport does the handshake with ours (only our CA,
+    // our client certificate) and explains a failed one.
+    let connector = tls.map(|config| lapin::tcp::RustlsConnector::from(Arc::clone(config)));
+    let transport = async move |uri: AMQPUri, runtime| {
+        use lapin::tcp::AMQPUriTcpExt;
+        let tls_host = (uri.scheme == AMQPScheme::AMQPS).then(|| uri.authority.host.clone());
+        let mut plain = uri.clone();
+        plain.scheme = AMQPScheme::AMQP;
+        let stream = plain.connect_async(&runtime).await?;
+        match (tls_host, &connector) {
+            (None, _) => Ok(stream),
+            (Some(host), Some(connector)) => {
+                super::tls::server_name(&host)?;
+                stream
+                    .into_rustls(connector, &host)
+                    .await
+                    .map_err(|e| {
+                        super::tls::HandshakeError::new(&host, uri.authority.port, &e).into_io()
+                    })
+                    .map_err(lapin::Error::from)
+            }
+            (Some(_), None) => Err(lapin::Error::from(std::io::Error::other(
+                "amqps:// without a TLS configuration",
+            ))),
+        }
+    };
+    let connecting = Connection::connector(uri.clone(), runtime, transport, properties);
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(source)) => {
+            let (host, port) = (&uri.authority.host, uri.authority.port);
+            let uses_tls = uri.scheme == AMQPScheme::AMQPS;
+            Err(
+                match super::tls::explain_failure(&source, host, port, uses_tls).await {
+                    Some(reason) => AmqpError::TlsFailure {
+                        url: redact_uri(uri),
+                        reason,
+                    },
+                    None => AmqpError::Connect {
+                        url: redact_uri(uri),
+                        source,
+                    },
+                },
+            )
+        }
         Err(_) => Err(AmqpError::ConnectTimeout {
             url: redact_uri(uri),
             timeout,

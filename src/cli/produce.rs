@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::amqp::AmqpError;
 use crate::amqp::producer::{ProduceError, Producer, wait_for_results};
-use crate::amqp::settings::{AmqpSettings, AmqpUrls, PASSWORD_KEY};
+use crate::amqp::settings::{AmqpSettings, AmqpTlsFlags, AmqpUrls, PASSWORD_KEY};
 use crate::daemon::config::{self, ConfigFile};
 use crate::daemon::logging::error_chain;
 use crate::daemon::service::ConfigError;
@@ -33,8 +33,10 @@ impl Service for ProduceConfig {
     const ENV_PREFIX: &'static str = "LABMQ_PRODUCE_";
     const RAW_ENV_KEYS: &'static [&'static str] = &[PASSWORD_KEY];
 
+    /// Nothing here: the file's settings are checked in [`produce`], after the command
+    /// line's overrides (a file's TLS keys may be meant for an `--amqp-url amqps://…`).
     fn validate(&self) -> Result<(), ConfigError> {
-        self.amqp.validate()
+        Ok(())
     }
 
     fn log_level(&self) -> &str {
@@ -49,7 +51,9 @@ impl Service for ProduceConfig {
 /// becomes its own persistent message on the task queue.
 ///
 /// Broker URL: --amqp-url, else LABMQ_AMQP_URL, else amqp_url in /etc/labmq/produce.toml,
-/// else amqp://guest:guest@127.0.0.1:5672/%2f. Keep the password out of the URL on the
+/// else amqp://guest:guest@127.0.0.1:5672/%2f. amqps:// URLs use TLS: --amqp-ca names the
+/// CA of the broker's certificate (default: the system's roots), --amqp-cert and --amqp-key
+/// a client certificate (needed for ?auth_mechanism=external). Keep the password out of the URL on the
 /// command line (any local user can read a process's arguments): give a URL without it,
 /// e.g. amqp://app@broker:5672/%2f, and --password-file FILE.
 ///
@@ -74,6 +78,8 @@ pub struct ProduceArgs {
     /// The way to give a password without putting it in the command line.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub amqp_tls: AmqpTlsFlags,
     /// Configuration file with the broker settings (amqp_url, amqp_password_file, queue,
     /// queue_type, results_exchange) [default: /etc/labmq/produce.toml, skipped if absent]
     #[arg(long, value_name = "FILE")]
@@ -126,7 +132,7 @@ impl Failure {
             Failure::Usage(_)
             | Failure::Config(_)
             | Failure::Produce(ProduceError::Broker(
-                AmqpError::BadUrl { .. } | AmqpError::PasswordFile { .. },
+                AmqpError::BadUrl { .. } | AmqpError::PasswordFile { .. } | AmqpError::Tls(_),
             )) => EXIT_USAGE,
             Failure::Produce(ProduceError::Unreachable(_) | ProduceError::RepliesClosed) => {
                 EXIT_UNREACHABLE
@@ -198,6 +204,9 @@ async fn produce(args: &ProduceArgs) -> Result<ExitCode, Failure> {
     if let Some(file) = &args.password_file {
         settings.amqp_password_file = file.display().to_string();
     }
+    args.amqp_tls.apply(&mut settings);
+    // The flags are checked as the file's keys were (TLS files, EXTERNAL).
+    settings.validate()?;
     let target = settings.target().map_err(ProduceError::Broker)?;
     let topology = settings.topology();
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser};
 use serde::{Deserialize, Serialize};
 
-use crate::amqp::settings::{AmqpSettings, PASSWORD_KEY};
+use crate::amqp::settings::{AmqpSettings, AmqpTlsFlags, PASSWORD_KEY};
 use crate::daemon::metrics::parse_listen;
 use crate::daemon::service::{ConfigError, check_log_level, check_positive, invalid};
 use crate::daemon::service::{DaemonArgs, Service};
@@ -251,6 +251,9 @@ pub struct ConsumerFlags {
     #[arg(long = "amqp-url", value_name = "URL")]
     #[serde(rename = "amqp_url", skip_serializing_if = "Vec::is_empty")]
     pub amqp_url: Vec<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub amqp_tls: AmqpTlsFlags,
     /// Task queue (key `queue`) [default: task_queue]
     #[arg(long, value_name = "NAME")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -433,5 +436,38 @@ mod tests {
                 .get("amqp_url")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn amqp_tls_flags_and_environment_set_their_keys() {
+        let args = ConsumerArgs::try_parse_from([
+            "labmq-consumer",
+            "--amqp-ca",
+            "/etc/labmq/tls/rabbitmq-ca.crt",
+            "--amqp-cert",
+            "/etc/labmq/tls/consumer.crt",
+            "--amqp-key",
+            "/etc/labmq/tls/consumer.key",
+        ])
+        .unwrap();
+        let json = serde_json::to_value(&args.flags).unwrap();
+        assert_eq!(json["amqp_ca_file"], "/etc/labmq/tls/rabbitmq-ca.crt");
+        assert_eq!(json["amqp_cert_file"], "/etc/labmq/tls/consumer.crt");
+        assert_eq!(json["amqp_key_file"], "/etc/labmq/tls/consumer.key");
+        let none = ConsumerArgs::try_parse_from(["labmq-consumer"]).unwrap();
+        let json = serde_json::to_value(&none.flags).unwrap();
+        assert!(json.get("amqp_ca_file").is_none(), "{json}");
+
+        Jail::expect_with(|jail| {
+            jail.create_file("consumer.toml", "")?;
+            jail.set_env("LABMQ_CONSUMER_AMQP_CA_FILE", "/nonexistent/ca.crt");
+            let err = load_consumer().unwrap_err().to_string();
+            // Read from the environment, then refused: every URL is plain amqp://.
+            assert!(
+                err.contains("amqp_ca_file") && err.contains("plain amqp://"),
+                "{err}"
+            );
+            Ok(())
+        });
     }
 }

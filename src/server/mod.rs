@@ -51,6 +51,16 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("socket activation")]
+    Activation(#[from] systemd::ActivationError),
+    #[error(
+        "systemd passed a socket on {activated}, but listen is {configured}: make them agree \
+         (`systemctl edit labmq-server.socket`: ListenStream=, or `listen` in the config)"
+    )]
+    ActivatedElsewhere {
+        activated: SocketAddr,
+        configured: SocketAddr,
+    },
     #[error("compute pool")]
     Pool(#[from] PoolError),
     #[error("reflection service")]
@@ -65,15 +75,33 @@ pub enum ServerError {
     Signal(#[source] std::io::Error),
 }
 
-/// Binds the listener, serves until `shutdown` is cancelled, then lets in-flight calls
+/// The socket systemd passed (labmq-server.socket), or else one bound to `listen`.
+async fn listener(config: &ServerConfig) -> Result<(TcpListener, &'static str), ServerError> {
+    let bind_error = |source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let Some(activated) = systemd::activated_tcp_listener()? else {
+        let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
+        return Ok((listener, "bound"));
+    };
+    let activated_on = activated.local_addr().map_err(bind_error)?;
+    // The socket unit and the config each name an address; serving on another one than
+    // the config says would surprise whoever reads the config.
+    if activated_on != config.listen {
+        return Err(ServerError::ActivatedElsewhere {
+            activated: activated_on,
+            configured: config.listen,
+        });
+    }
+    let listener = TcpListener::from_std(activated).map_err(bind_error)?;
+    Ok((listener, "socket-activated"))
+}
+
+/// Takes the listener, serves until `shutdown` is cancelled, then lets in-flight calls
 /// finish for up to `shutdown_grace_secs`.
 pub async fn run(config: &ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let (listener, origin) = listener(config).await?;
     let local = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: config.listen,
         source,
@@ -153,7 +181,7 @@ pub async fn run(config: &ServerConfig, shutdown: CancellationToken) -> Result<(
             None => Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
         };
 
-    tracing::info!(listen = %local, "labmq-server serving {scheme} on {local}");
+    tracing::info!(listen = %local, socket = origin, "labmq-server serving {scheme} on {local} ({origin})");
     systemd::ready(&format!("serving on {local}"));
     systemd::spawn_watchdog(shutdown.clone());
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use serde::{Deserialize, Serialize};
 
-use crate::amqp::settings::{AmqpSettings, PASSWORD_KEY};
+use crate::amqp::settings::{AmqpSettings, AmqpTlsFlags, PASSWORD_KEY};
 use crate::daemon::service::{
     ConfigError, check_log_level, check_not_empty, check_positive, invalid,
 };
@@ -218,6 +218,9 @@ pub struct WebFlags {
     #[arg(long = "amqp-url", value_name = "URL")]
     #[serde(rename = "amqp_url", skip_serializing_if = "Vec::is_empty")]
     pub amqp_url: Vec<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub amqp_tls: AmqpTlsFlags,
     /// SQLite database file (key `database`) [default: /var/lib/labmq-web/results.sqlite3]
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,3 +1,5 @@
+#![allow(dead_code)] // Each test crate that includes this file uses some of it.
+
 //! Test certificates made in-process with rcgen: a CA, server certificates for
 //! `localhost`/127.0.0.1 (optionally expired), client certificates, written as PEM files
 //! with keys of mode 600, as labmq expects them under /etc/labmq/tls/.
@@ -48,6 +50,12 @@ impl Ca {
         self.issue(dir, cn, true, false)
     }
 
+    /// A server certificate for the address 127.0.0.1 only (no host name): connecting by
+    /// `localhost` is a host name mismatch.
+    pub fn server_ip_only(&self, dir: &Path, cn: &str) -> Pair {
+        self.issue_for(dir, cn, &[], true, false)
+    }
+
     /// As [`Ca::server`], but its validity ended in 2020.
     pub fn expired_server(&self, dir: &Path, cn: &str) -> Pair {
         self.issue(dir, cn, true, true)
@@ -59,7 +67,15 @@ impl Ca {
     }
 
     fn issue(&self, dir: &Path, cn: &str, server: bool, expired: bool) -> Pair {
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        self.issue_for(dir, cn, &["localhost"], server, expired)
+    }
+
+    fn issue_for(&self, dir: &Path, cn: &str, names: &[&str], server: bool, expired: bool) -> Pair {
+        let names = names
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect::<Vec<_>>();
+        let mut params = CertificateParams::new(names).expect("params");
         params
             .subject_alt_names
             .push(SanType::IpAddress([127, 0, 0, 1].into()));

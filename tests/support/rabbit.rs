@@ -16,7 +16,24 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 pub struct PrivateBroker {
     pub node: String,
     pub port: u16,
+    /// The TLS listener's port, when started with [`PrivateBroker::start_tls`].
+    pub tls_port: Option<u16>,
     dir: PathBuf,
+}
+
+/// A TLS listener for a private node: its certificate files (copied into the node's
+/// directory, so the `rabbitmq` user can read them) and how it treats client certificates.
+pub struct BrokerTls<'a> {
+    /// The CA that signs the clients' certificates (`ssl_options.cacertfile`).
+    pub ca: &'a Path,
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    /// `verify_peer` + `fail_if_no_peer_cert`: a client without a certificate signed by
+    /// `ca` is refused in the handshake.
+    pub require_client_cert: bool,
+    /// Enables `rabbitmq_auth_mechanism_ssl` and offers EXTERNAL (the client
+    /// certificate's common name is the user) before PLAIN.
+    pub external: bool,
 }
 
 pub fn rabbitmqctl(node: &str, args: &[&str]) -> std::process::Output {
@@ -60,6 +77,16 @@ impl PrivateBroker {
     /// Starts a node whose rabbitmq.conf also holds `extra_config` (lines in
     /// rabbitmq.conf syntax, e.g. `consumer_timeout = 3000`).
     pub fn start_with(extra_config: &str) -> Self {
+        Self::start_node(extra_config, None)
+    }
+
+    /// Starts a node with a TLS listener (on [`PrivateBroker::tls_port`]) beside its
+    /// plaintext one.
+    pub fn start_tls(tls: &BrokerTls<'_>) -> Self {
+        Self::start_node("", Some(tls))
+    }
+
+    fn start_node(extra_config: &str, tls: Option<&BrokerTls<'_>>) -> Self {
         let port = free_port();
         let dist_port = free_port();
         let node = format!("labmqtest{port}@localhost");
@@ -67,7 +94,52 @@ impl PrivateBroker {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create private broker dir");
         let plugins = dir.join("enabled_plugins");
-        std::fs::write(&plugins, "[].\n").expect("write enabled_plugins");
+        let external = tls.is_some_and(|tls| tls.external);
+        std::fs::write(
+            &plugins,
+            if external {
+                "[rabbitmq_auth_mechanism_ssl].\n"
+            } else {
+                "[].\n"
+            },
+        )
+        .expect("write enabled_plugins");
+        let mut extra_config = extra_config.to_owned();
+        let mut tls_port = None;
+        if let Some(tls) = tls {
+            let listen = free_port();
+            tls_port = Some(listen);
+            let copy = |from: &Path, name: &str| {
+                let to = dir.join(name);
+                std::fs::copy(from, &to).expect("copy a broker TLS file");
+                to.display().to_string()
+            };
+            let (ca, cert, key) = (
+                copy(tls.ca, "ca.pem"),
+                copy(tls.cert, "server.pem"),
+                copy(tls.key, "server.key"),
+            );
+            let verify = if tls.require_client_cert {
+                "verify_peer"
+            } else {
+                "verify_none"
+            };
+            extra_config.push_str(&format!(
+                "\nlisteners.ssl.1 = 127.0.0.1:{listen}\n\
+                 ssl_options.cacertfile = {ca}\n\
+                 ssl_options.certfile = {cert}\n\
+                 ssl_options.keyfile = {key}\n\
+                 ssl_options.verify = {verify}\n\
+                 ssl_options.fail_if_no_peer_cert = {}\n",
+                tls.require_client_cert
+            ));
+            if external {
+                extra_config.push_str(
+                    "auth_mechanisms.1 = EXTERNAL\nauth_mechanisms.2 = PLAIN\n\
+                     ssl_cert_login_from = common_name\n",
+                );
+            }
+        }
         // A config of its own: the machine's /etc/rabbitmq/rabbitmq.conf may pin the
         // listener to 5672, which would clash with the shared node.
         std::fs::write(
@@ -88,7 +160,12 @@ impl PrivateBroker {
             dir.display()
         );
 
-        let broker = Self { node, port, dir };
+        let broker = Self {
+            node,
+            port,
+            tls_port,
+            dir,
+        };
         let mut command = Command::new("rabbitmq-server");
         let status = broker
             .env(&mut command)
@@ -126,6 +203,12 @@ impl PrivateBroker {
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// The TLS listener as `amqps://guest:guest@HOST:PORT/%2f`.
+    pub fn tls_url(&self, host: &str) -> String {
+        let port = self.tls_port.expect("a node started with start_tls");
+        format!("amqps://guest:guest@{host}:{port}/%2f")
     }
 
     /// Blocks until the node has booted and its AMQP listener is up.
@@ -180,11 +263,19 @@ impl PrivateBroker {
     }
 }
 
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
+impl PrivateBroker {
+    /// Stops the node and removes its directory (unless LABMQ_KEEP_BROKER is set); what
+    /// dropping it does, for a node kept in a static that is never dropped.
+    pub fn shutdown(&self) {
         let _ = rabbitmqctl(&self.node, &["stop"]);
         if std::env::var_os("LABMQ_KEEP_BROKER").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
