@@ -8,9 +8,11 @@
 //!
 //! | module       | what                                                                 |
 //! |--------------|----------------------------------------------------------------------|
-//! | [`server`]   | labmq-server: config, the tonic service, `run`                        |
-//! | [`consumer`] | labmq-consumer: config, delivery handling, session, status, `run`     |
-//! | [`web`]      | labmq-web: config, routes, page, SQLite store, ingest, submit, `run`  |
+//! | [`server`]   | labmq-server: config, the tonic service, its metrics, `run`           |
+//! | [`consumer`] | labmq-consumer: config, delivery handling, session, status, metrics,  |
+//! |              | task log, `run`                                                       |
+//! | [`web`]      | labmq-web: config, routes, page, SQLite store, ingest, submit,        |
+//! |              | metrics, `run`                                                        |
 //! | [`cli`]      | labmq-produce and labmq-call: arguments, config, logic                |
 //! | [`amqp`]     | shared RabbitMQ code: settings, topology, confirmed publishing, the   |
 //! |              | producer and the one reconnecting session driver                      |
@@ -19,7 +21,8 @@
 //! | [`task`]     | the domain: task grammar, outputs, result documents                   |
 //! | [`compute`]  | pure computations, no I/O                                            |
 //! | [`daemon`]   | generic plumbing: Service trait, config loader, runner, logging,      |
-//! |              | signals, systemd notify; imports none of the above                    |
+//! |              | signals, systemd notify, the bounded HTTP listener, the Prometheus    |
+//! |              | registry and `/metrics` exporter; imports none of the above           |
 //!
 //! The binaries in `src/bin` hand their program to [`daemon::run::run`] (daemons) or to
 //! the tool's `run` (tools) and nothing more.

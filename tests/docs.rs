@@ -217,6 +217,7 @@ fn repository_paths_exist() {
                         "demo",
                         "bench",
                         "docker-compose.yml",
+                        "docker-compose.cluster.yml",
                         "Cargo.toml",
                         ".env.example",
                     ]
@@ -290,9 +291,15 @@ fn config_keys_and_environment_variables_exist() {
         .iter()
         .flat_map(|dir| walk(&root().join(dir)))
         .chain(
-            ["demo", "bench", "docker-compose.yml", ".env.example"]
-                .iter()
-                .map(|f| root().join(f)),
+            [
+                "demo",
+                "bench",
+                "docker-compose.yml",
+                "docker-compose.cluster.yml",
+                ".env.example",
+            ]
+            .iter()
+            .map(|f| root().join(f)),
         )
         .filter_map(|path| std::fs::read_to_string(path).ok())
         .collect();

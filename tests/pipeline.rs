@@ -200,8 +200,9 @@ fn reply_to_gets_the_result_with_correlation_id() {
 #[test]
 fn competing_consumers_share_the_work_and_lose_nothing() {
     let server = server();
+    // Per-task records are at debug.
     let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()])
-        .with_extra("prefetch = 10\nconcurrency = 4");
+        .with_extra("prefetch = 10\nconcurrency = 4\nlog_level = \"info,labmq=debug\"");
     let watch = ResultWatch::start(SHARED_AMQP_URL, &setup.results_exchange);
     let mut first = setup.start();
     let mut second = setup.start();
@@ -464,4 +465,98 @@ fn consumer_cancelled_by_the_broker_recovers() {
     let seen = counter.wait_for_all(&ids, RESULTS_TIMEOUT);
     assert_eq!(seen[&ids[0]].1["result"]["result"], "120");
     assert!(consumer.try_exit_status().is_none(), "consumer exited");
+}
+
+/// At info, a busy consumer writes summaries, not a record per task: tasks by kind and
+/// outcome add up to what was processed; failures are logged at warn up to a rate, and
+/// every failure record held back is counted in a later record.
+#[test]
+fn info_log_summarizes_tasks_and_counts_held_back_failures() {
+    let server = server();
+    let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()])
+        .with_extra("log_level = \"info\"\nlog_summary_secs = 1\n");
+    let watch = ResultWatch::start(SHARED_AMQP_URL, &setup.results_exchange);
+    let mut consumer = setup.start();
+
+    produce_tasks(SHARED_AMQP_URL, &setup.queue, &mixed_tasks(400));
+    // One message of 30 bad tasks: 30 failed results, logged in one burst.
+    let bad: Vec<String> = (0..30).map(|i| format!("fact:x{i}")).collect();
+    Amqp::connect(SHARED_AMQP_URL).publish(
+        &setup.queue,
+        bad.join(",").as_bytes(),
+        BasicProperties::default().with_message_id("bad-list".into()),
+    );
+    watch.counter.wait_for_count(430, RESULTS_TIMEOUT);
+    // SIGTERM: the last summary covers whatever the previous ones did not.
+    assert!(consumer.stop(EXIT_TIMEOUT).success());
+    let log = consumer.stderr();
+
+    assert_eq!(
+        log.matches("task processed").count(),
+        0,
+        "per-task records are debug"
+    );
+    let number_before = |line: &str, marker: &str| -> u64 {
+        let head = &line[..line
+            .find(marker)
+            .unwrap_or_else(|| panic!("{marker} in {line}"))];
+        head.split_whitespace()
+            .last()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a number before {marker:?} in {line}"))
+    };
+    let held = |line: &str| {
+        if line.contains("failure record(s) held back") {
+            number_before(
+                &line.replace("earlier ", ""),
+                " failure record(s) held back",
+            )
+        } else {
+            0
+        }
+    };
+    let failure_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("task failed; message dead-lettered"))
+        .collect();
+    let summaries: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("tasks in the last "))
+        .collect();
+    let ok: u64 = summaries.iter().map(|l| number_before(l, " ok, ")).sum();
+    let failed: u64 = summaries
+        .iter()
+        .map(|l| number_before(l, " failed ("))
+        .sum();
+    assert_eq!(
+        (ok, failed),
+        (400, 30),
+        "summaries add up:\n{}",
+        summaries.join("\n")
+    );
+    assert!(
+        summaries
+            .iter()
+            .all(|l| l.contains("p50 ") && l.contains("p99 "))
+    );
+    let held_back: u64 = failure_lines
+        .iter()
+        .chain(summaries.iter())
+        .map(|l| held(l))
+        .sum();
+    assert!(
+        failure_lines.len() as u64 <= 30 && held_back > 0,
+        "30 failures at once exceed the warn budget: {} logged, {held_back} held back",
+        failure_lines.len()
+    );
+    assert_eq!(
+        failure_lines.len() as u64 + held_back,
+        30,
+        "every failure is logged or counted as held back\n{log}"
+    );
+    assert!(
+        log.lines().count() < 120,
+        "430 tasks made {} lines of log at info\n{log}",
+        log.lines().count()
+    );
 }

@@ -87,3 +87,28 @@ fn grpcio_client_calls_every_method() {
     );
     assert!(stdout.contains("checks OK"), "{stdout}{stderr}");
 }
+
+/// grpcio-reflection's client speaks `grpc.reflection.v1alpha` only: it lists, describes
+/// and (through the reflected types) calls labmq-server.
+#[test]
+fn grpcio_reflection_v1alpha_client_describes_and_calls() {
+    const REFLECTION_HINT: &str = "pip install grpcio grpcio-reflection";
+    let probe = python(&["-c", "import grpc, grpc_reflection.v1alpha.reflection_pb2"]);
+    assert!(
+        probe.status.success(),
+        "the Python reflection package is missing; install it with `{REFLECTION_HINT}`\n{}",
+        text(&probe.stderr)
+    );
+    let server = spawn_server("");
+    let addr = server.addr.to_string();
+    let run = python(&["tests/python/reflection_compat.py", &addr]);
+    let stdout = text(&run.stdout);
+    let stderr = text(&run.stderr);
+    assert!(
+        run.status.success(),
+        "reflection_compat.py failed ({}):\n{stdout}{stderr}\n--- server stderr ---\n{}",
+        run.status,
+        server.daemon.stderr()
+    );
+    assert!(stdout.contains("reflection checks OK"), "{stdout}{stderr}");
+}

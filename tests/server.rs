@@ -330,12 +330,16 @@ async fn health_reports_serving() {
     assert_eq!(status.code(), Code::NotFound);
 }
 
+/// One reflection test per protocol version: `$version` is `v1` or `v1alpha` (older
+/// grpcurl builds, grpcio-reflection and many GUI clients speak only v1alpha).
+macro_rules! reflection_lists_services {
+    ($name:ident, $version:ident) => {
 #[tokio::test]
-async fn reflection_lists_services() {
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest as ReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse as ReflectionResponse;
-    use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+async fn $name() {
+    use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::$version::server_reflection_request::MessageRequest as ReflectionRequest;
+    use tonic_reflection::pb::$version::server_reflection_response::MessageResponse as ReflectionResponse;
+    use tonic_reflection::pb::$version::{ServerReflectionRequest, ServerReflectionResponse};
 
     let server = spawn_server("");
     let mut reflection = ServerReflectionClient::new(channel(&server).await);
@@ -387,6 +391,11 @@ async fn reflection_lists_services() {
         "reflection must serve the descriptor of message.MessageService"
     );
 }
+    };
+}
+
+reflection_lists_services!(reflection_v1_lists_services, v1);
+reflection_lists_services!(reflection_v1alpha_lists_services, v1alpha);
 
 #[test]
 fn ready_notification_names_the_bound_address() {

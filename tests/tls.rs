@@ -148,7 +148,7 @@ async fn health_and_reflection_are_served_over_tls() {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut responses = ServerReflectionClient::new(channel)
+    let mut responses = ServerReflectionClient::new(channel.clone())
         .server_reflection_info(tokio_stream::iter([request]))
         .await
         .expect("reflection over TLS")
@@ -159,6 +159,32 @@ async fn health_and_reflection_are_served_over_tls() {
         .expect("reflection answer")
         .expect("one answer");
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("not a service list: {response:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"message.MessageService"), "{names:?}");
+
+    // The older protocol version, as grpcio-reflection and older grpcurl builds speak it.
+    use tonic_reflection::pb::v1alpha;
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut responses = v1alpha::server_reflection_client::ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("v1alpha reflection over TLS")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("v1alpha reflection answer")
+        .expect("one answer");
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
         panic!("not a service list: {response:?}");
     };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();

@@ -7,6 +7,7 @@ use clap::{Args, Parser};
 use serde::{Deserialize, Serialize};
 
 use crate::amqp::settings::{AmqpSettings, AmqpTlsFlags, PASSWORD_KEY};
+use crate::daemon::metrics::parse_listen;
 use crate::daemon::service::{ConfigError, check_log_level, check_positive, invalid};
 use crate::daemon::service::{DaemonArgs, Service};
 use crate::grpc::client::normalize_target;
@@ -58,6 +59,11 @@ pub struct ConsumerConfig {
     /// After SIGTERM, how long in-flight tasks may finish before the rest are requeued.
     pub shutdown_grace_secs: u64,
     pub log_level: String,
+    /// Seconds between the info-level summaries of processed tasks (each task itself is
+    /// logged at debug).
+    pub log_summary_secs: u64,
+    /// Address of the Prometheus `/metrics` listener (plain HTTP); empty: none.
+    pub metrics_listen: String,
 }
 
 impl Default for ConsumerConfig {
@@ -82,6 +88,8 @@ impl Default for ConsumerConfig {
             reconnect_max_secs: 10,
             shutdown_grace_secs: 20,
             log_level: "info".into(),
+            log_summary_secs: 60,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -141,7 +149,17 @@ impl Service for ConsumerConfig {
                 "must be at least 1 and at most retry_max_ms",
             );
         }
-        check_positive("reconnect_max_secs", self.reconnect_max_secs)
+        check_positive("reconnect_max_secs", self.reconnect_max_secs)?;
+        if self.log_summary_secs == 0 || self.log_summary_secs > 86_400 {
+            return invalid(
+                "log_summary_secs",
+                format!("{} is outside 1..=86400", self.log_summary_secs),
+            );
+        }
+        if let Err(e) = parse_listen(&self.metrics_listen) {
+            return invalid("metrics_listen", e);
+        }
+        Ok(())
     }
 
     fn log_level(&self) -> &str {
@@ -150,6 +168,11 @@ impl Service for ConsumerConfig {
 }
 
 impl ConsumerConfig {
+    /// Where to serve `/metrics`, if anywhere (`validate` has checked the value).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        parse_listen(&self.metrics_listen).ok().flatten()
+    }
+
     fn validate_grpc_tls(&self) -> Result<(), ConfigError> {
         let ca = configured(&self.grpc_ca_file);
         if ca.is_none() {
@@ -259,6 +282,10 @@ pub struct ConsumerFlags {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefetch: Option<u16>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (key `metrics_listen`) [default: off]
+    #[arg(long = "metrics-listen", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 #[cfg(test)]
@@ -409,5 +436,38 @@ mod tests {
                 .get("amqp_url")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn amqp_tls_flags_and_environment_set_their_keys() {
+        let args = ConsumerArgs::try_parse_from([
+            "labmq-consumer",
+            "--amqp-ca",
+            "/etc/labmq/tls/rabbitmq-ca.crt",
+            "--amqp-cert",
+            "/etc/labmq/tls/consumer.crt",
+            "--amqp-key",
+            "/etc/labmq/tls/consumer.key",
+        ])
+        .unwrap();
+        let json = serde_json::to_value(&args.flags).unwrap();
+        assert_eq!(json["amqp_ca_file"], "/etc/labmq/tls/rabbitmq-ca.crt");
+        assert_eq!(json["amqp_cert_file"], "/etc/labmq/tls/consumer.crt");
+        assert_eq!(json["amqp_key_file"], "/etc/labmq/tls/consumer.key");
+        let none = ConsumerArgs::try_parse_from(["labmq-consumer"]).unwrap();
+        let json = serde_json::to_value(&none.flags).unwrap();
+        assert!(json.get("amqp_ca_file").is_none(), "{json}");
+
+        Jail::expect_with(|jail| {
+            jail.create_file("consumer.toml", "")?;
+            jail.set_env("LABMQ_CONSUMER_AMQP_CA_FILE", "/nonexistent/ca.crt");
+            let err = load_consumer().unwrap_err().to_string();
+            // Read from the environment, then refused: every URL is plain amqp://.
+            assert!(
+                err.contains("amqp_ca_file") && err.contains("plain amqp://"),
+                "{err}"
+            );
+            Ok(())
+        });
     }
 }

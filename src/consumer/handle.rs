@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::ConsumerMetrics;
 use super::status::StatusBoard;
 use crate::daemon::backoff;
 use crate::grpc::client::{CallError, ComputeClient, Failure};
@@ -50,6 +51,7 @@ pub struct Handler {
     pub limits: Limits,
     pub status: Arc<StatusBoard>,
     pub shutdown: CancellationToken,
+    pub metrics: ConsumerMetrics,
 }
 
 /// AMQP short strings (a result's `message_id`) hold at most 255 bytes; a task id is the
@@ -345,8 +347,15 @@ impl Handler {
                 return None;
             }
             attempts += 1;
+            if attempts > 1 {
+                self.metrics.retries.inc();
+            }
             let call_started = Instant::now();
-            match self.client.run(task).await {
+            let called = self.client.run(task).await;
+            let code = called.as_ref().map_or_else(|e| e.code.as_str(), |_| "OK");
+            self.metrics
+                .grpc_call(task.kind(), code, call_started.elapsed().as_secs_f64());
+            match called {
                 Err(error) if error.is_transient() => {
                     self.status
                         .grpc_unavailable(&error.to_string(), call_started);
@@ -629,6 +638,10 @@ mod tests {
             limits: limits(),
             status: Arc::new(StatusBoard::default()),
             shutdown: CancellationToken::new(),
+            metrics: super::super::metrics::ConsumerMetrics::new(
+                &crate::daemon::metrics::Metrics::new().unwrap(),
+            )
+            .unwrap(),
         };
         let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
             cases: 96,

@@ -8,15 +8,20 @@
 //! - [`handle`]: one delivery's body in, result documents out (parse, check the limits,
 //!   call with capped retries);
 //! - [`dead_letter`]: the properties of a bad message's dead-letter copy;
-//! - [`status`]: the `STATUS=` line and the one-line-per-outage gRPC log.
+//! - [`status`]: the `STATUS=` line and the one-line-per-outage gRPC log;
+//! - [`metrics`]: its Prometheus metrics, served at `metrics_listen`;
+//! - [`tasklog`]: per-task records at debug, failures at warn (rate-limited), a summary
+//!   at info every `log_summary_secs`.
 //!
 //! The reconnect loop around sessions is the shared [`crate::amqp::session::Driver`].
 
 pub mod config;
 pub mod dead_letter;
 pub mod handle;
+mod metrics;
 mod session;
 mod status;
+mod tasklog;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::AmqpError;
 use crate::amqp::session::Driver;
+use crate::daemon::metrics::{Metrics, MetricsError};
 use crate::daemon::systemd;
 use crate::grpc::client::{ClientError, ClientOptions, ComputeClient};
 pub use config::{ConsumerArgs, ConsumerConfig};
@@ -41,6 +47,8 @@ pub enum ConsumerError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Consumes until `shutdown`, reconnecting to the broker as long as it takes.
@@ -57,10 +65,25 @@ pub async fn run(
             ..ClientOptions::default()
         },
     )?);
+    let metrics = Metrics::new()?;
+    let consumer_metrics = metrics::ConsumerMetrics::new(&metrics)?;
+    if let Some(addr) = config.metrics_addr() {
+        metrics.serve(addr, shutdown.clone()).await?;
+    }
     let status = Arc::new(StatusBoard::default());
+    let task_log = Arc::new(tasklog::TaskLog::new(consumer_metrics.clone()));
+    // Stopped after the drain, not at SIGTERM, so the last summary counts every task.
+    let summaries_stop = CancellationToken::new();
+    let summaries = tokio::spawn({
+        let task_log = task_log.clone();
+        let interval = Duration::from_secs(config.log_summary_secs);
+        let stop = summaries_stop.clone();
+        async move { task_log.summarize(interval, stop).await }
+    });
     systemd::spawn_watchdog(shutdown.clone());
 
-    let mut session = session::ConsumeSession::new(config, &target, client, status);
+    let mut session =
+        session::ConsumeSession::new(config, &target, client, status, consumer_metrics, task_log);
     Driver {
         target: &target,
         client_name: "labmq-consumer",
@@ -69,6 +92,11 @@ pub async fn run(
     }
     .run(&mut session, &shutdown)
     .await;
+    // The last summary covers the tasks finished while draining.
+    summaries_stop.cancel();
+    if let Err(e) = summaries.await {
+        tracing::warn!(error = %e, "the log summary task ended abnormally");
+    }
     systemd::stopping("stopped");
     tracing::info!("labmq-consumer stopped");
     Ok(())

@@ -4,7 +4,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use super::config::ConsumerConfig;
 use super::dead_letter::dead_letter_properties;
 use super::handle::{Handler, Limits, RetryPolicy, Verdict, message_key};
+use super::metrics::{ConsumerMetrics, InFlight};
 use super::status::StatusBoard;
+use super::tasklog::TaskLog;
 use crate::amqp::AmqpError;
 use crate::amqp::publish::{ONE_TASK_HEADER, Publisher, Route, confirmed, persistent};
 use crate::amqp::quarantine;
@@ -46,6 +48,7 @@ struct Context {
     frame_max: u32,
     /// Tripped by a task whose publish failed: the session is broken and must reconnect.
     broken: CancellationToken,
+    task_log: Arc<TaskLog>,
 }
 
 pub(super) struct ConsumeSession {
@@ -59,6 +62,10 @@ pub(super) struct ConsumeSession {
     topology: Topology,
     status: Arc<StatusBoard>,
     ready_sent: bool,
+    metrics: ConsumerMetrics,
+    task_log: Arc<TaskLog>,
+    /// Sessions that got as far as consuming: every one after the first is a reconnect.
+    sessions: u64,
 }
 
 impl ConsumeSession {
@@ -67,6 +74,8 @@ impl ConsumeSession {
         target: &AmqpTarget,
         client: Arc<ComputeClient>,
         status: Arc<StatusBoard>,
+        metrics: ConsumerMetrics,
+        task_log: Arc<TaskLog>,
     ) -> Self {
         Self {
             config: config.clone(),
@@ -77,6 +86,9 @@ impl ConsumeSession {
             topology: config.amqp.topology(),
             status,
             ready_sent: false,
+            metrics,
+            task_log,
+            sessions: 0,
         }
     }
 }
@@ -124,11 +136,13 @@ impl Session for ConsumeSession {
                 },
                 status: self.status.clone(),
                 shutdown: give_up.clone(),
+                metrics: self.metrics.clone(),
             },
             publisher,
             topology: self.topology.clone(),
             frame_max: connection.configuration().frame_max(),
             broken: CancellationToken::new(),
+            task_log: self.task_log.clone(),
         });
 
         // The node that serves this session, not the whole list: operators want to know
@@ -141,6 +155,11 @@ impl Session for ConsumeSession {
             systemd::ready(&self.status.line());
             self.ready_sent = true;
         }
+        if self.sessions > 0 {
+            self.metrics.broker_reconnects.inc();
+        }
+        self.sessions += 1;
+        self.metrics.broker_connected.set(1);
 
         let slots = Arc::new(Semaphore::new(config.concurrency));
         let mut in_flight = JoinSet::new();
@@ -197,6 +216,7 @@ impl Session for ConsumeSession {
                 }
             }
         }
+        self.metrics.broker_connected.set(0);
         Ok(end)
     }
 
@@ -311,6 +331,9 @@ impl ConsumeSession {
 }
 
 async fn process(delivery: Delivery, _slot: OwnedSemaphorePermit, context: Arc<Context>) {
+    let metrics = &context.handler.metrics;
+    let _in_flight = InFlight::enter(&metrics.in_flight);
+    let started = Instant::now();
     let message_id = message_key(
         delivery
             .properties
@@ -321,7 +344,14 @@ async fn process(delivery: Delivery, _slot: OwnedSemaphorePermit, context: Arc<C
     );
     // A panic must not lose the delivery: dropped silently by the task set, it would stay
     // unacked (holding a prefetch slot) until the connection goes, then come back.
-    let Err(reason) = guarded(handle_and_deliver(&delivery, &message_id, &context)).await else {
+    let Err(reason) = guarded(handle_and_deliver(
+        &delivery,
+        &message_id,
+        &context,
+        started,
+    ))
+    .await
+    else {
         return;
     };
     let count = context.handler.status.panicked();
@@ -345,12 +375,14 @@ async fn process(delivery: Delivery, _slot: OwnedSemaphorePermit, context: Arc<C
         Ok(Ok(())) => {
             if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                 tracing::warn!(task_id = %message_id, error = %e, "ack failed; the broker will redeliver");
+            } else {
+                metrics.dead_lettered(codes::PANIC);
             }
         }
         Ok(Err(e)) => {
             tracing::warn!(task_id = %message_id, error = %e, "could not dead-letter the message; it stays queued");
             context.broken.cancel();
-            requeue(&delivery, &message_id).await;
+            requeue(&delivery, &message_id, metrics).await;
         }
         // Even the bare dead-letter copy panicked: requeue once, and drop it the second
         // time rather than loop on it forever.
@@ -364,7 +396,7 @@ async fn process(delivery: Delivery, _slot: OwnedSemaphorePermit, context: Arc<C
                 let _ = delivery.acker.nack(options).await;
             } else {
                 tracing::error!(task_id = %message_id, panic = %again, "dead-lettering panicked; requeueing the message once");
-                requeue(&delivery, &message_id).await;
+                requeue(&delivery, &message_id, metrics).await;
             }
         }
     }
@@ -389,7 +421,13 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-async fn handle_and_deliver(delivery: &Delivery, message_id: &str, context: &Context) {
+async fn handle_and_deliver(
+    delivery: &Delivery,
+    message_id: &str,
+    context: &Context,
+    started: Instant,
+) {
+    let metrics = &context.handler.metrics;
     let one_task = delivery
         .properties
         .headers()
@@ -402,7 +440,7 @@ async fn handle_and_deliver(delivery: &Delivery, message_id: &str, context: &Con
         .await;
     let (results, dead_letter) = match verdict {
         Verdict::Abandoned => {
-            requeue(delivery, message_id).await;
+            requeue(delivery, message_id, metrics).await;
             return;
         }
         Verdict::Done {
@@ -414,15 +452,20 @@ async fn handle_and_deliver(delivery: &Delivery, message_id: &str, context: &Con
     if let Err(e) = deliver(context, delivery, &results, dead_letter.as_ref()).await {
         tracing::warn!(task_id = %message_id, error = %e, "could not publish the result; the message stays queued");
         context.broken.cancel();
-        requeue(delivery, message_id).await;
+        requeue(delivery, message_id, metrics).await;
         return;
     }
     if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
         tracing::warn!(task_id = %message_id, error = %e, "ack failed; the broker will redeliver");
         return;
     }
+    metrics.message_done(started.elapsed().as_secs_f64());
+    if let Some(error) = &dead_letter {
+        metrics.dead_lettered(&error.code);
+    }
     for document in &results {
-        log_processed(document, delivery.redelivered);
+        metrics.task_done(document);
+        context.task_log.processed(document, delivery.redelivered);
     }
 }
 
@@ -517,7 +560,8 @@ async fn deliver(
     Ok(())
 }
 
-async fn requeue(delivery: &Delivery, message_id: &str) {
+async fn requeue(delivery: &Delivery, message_id: &str, metrics: &ConsumerMetrics) {
+    metrics.requeues.inc();
     let options = BasicNackOptions {
         multiple: false,
         requeue: true,
@@ -526,28 +570,6 @@ async fn requeue(delivery: &Delivery, message_id: &str) {
         Ok(_) => tracing::info!(task_id = %message_id, "task {message_id} requeued"),
         Err(e) => {
             tracing::debug!(task_id = %message_id, error = %e, "requeue failed; the broker requeues on disconnect")
-        }
-    }
-}
-
-fn log_processed(document: &ResultDocument, redelivered: bool) {
-    let kind = document.kind.map_or("none", |k| k.as_str());
-    let task = truncate(&document.task, 80);
-    let (ms, attempts) = (document.duration_ms, document.attempts);
-    // The short journal view shows only the message, so it says what matters.
-    match &document.error {
-        None => tracing::info!(
-            task_id = %document.id, kind, ok = true, duration_ms = ms, attempts, redelivered,
-            task = %task,
-            "task processed: {task} ({kind}) in {ms} ms, {attempts} attempt(s)"
-        ),
-        Some(error) => {
-            let reason = truncate(&error.message, 200);
-            tracing::warn!(
-                task_id = %document.id, kind, ok = false, duration_ms = ms, attempts, redelivered,
-                task = %task, error_code = %error.code, error = %reason,
-                "task failed; message dead-lettered: {task} ({kind}) {}: {reason}", error.code
-            );
         }
     }
 }

@@ -1,5 +1,6 @@
-//! systemd notifications (sd_notify): READY, STOPPING, RELOADING, STATUS and watchdog pings.
-//! Outside systemd (`NOTIFY_SOCKET` unset) every call is a no-op.
+//! systemd notifications (sd_notify): READY, STOPPING, RELOADING, STATUS and watchdog pings,
+//! and the listening socket of socket activation. Outside systemd (`NOTIFY_SOCKET` and
+//! `LISTEN_FDS` unset) every call is a no-op.
 //!
 //! The last `STATUS=` line is remembered, so that the end of a reload (which systemd
 //! reports with READY=1) can repeat the daemon's own status instead of replacing it.
@@ -70,4 +71,36 @@ pub fn spawn_watchdog(shutdown: CancellationToken) {
             }
         }
     });
+}
+
+/// The listening TCP socket systemd passed to this process (socket activation,
+/// `LISTEN_FDS`), or `None` when it passed none. systemd keeps that socket open while the
+/// service restarts, so connections made meanwhile wait in its backlog instead of being
+/// refused.
+pub fn activated_tcp_listener() -> Result<Option<std::net::TcpListener>, ActivationError> {
+    let mut fds = listenfd::ListenFd::from_env();
+    match fds.len() {
+        0 => Ok(None),
+        1 => {
+            let listener = fds
+                .take_tcp_listener(0)
+                .map_err(ActivationError::NotTcp)?
+                .ok_or(ActivationError::Count(0))?;
+            listener
+                .set_nonblocking(true)
+                .map_err(ActivationError::NotTcp)?;
+            Ok(Some(listener))
+        }
+        count => Err(ActivationError::Count(count)),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    #[error(
+        "systemd passed {0} sockets (LISTEN_FDS); exactly one ListenStream= is expected in the socket unit"
+    )]
+    Count(usize),
+    #[error("the socket systemd passed is not a listening TCP socket (ListenStream=HOST:PORT)")]
+    NotTcp(#[source] std::io::Error),
 }

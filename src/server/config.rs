@@ -8,6 +8,7 @@ use clap::{Args, Parser};
 use serde::{Deserialize, Serialize};
 
 use crate::compute::{ab, factorial, frequent_letter};
+use crate::daemon::metrics::parse_listen;
 use crate::daemon::service::{ConfigError, check_log_level, check_not_empty, invalid};
 use crate::daemon::service::{DaemonArgs, Service};
 use crate::tls::configured as set;
@@ -55,6 +56,8 @@ pub struct ServerConfig {
     pub tls_key_file: PathBuf,
     /// PEM CA certificates; when set, clients must present a certificate it signed (mTLS).
     pub tls_client_ca_file: PathBuf,
+    /// Address of the Prometheus `/metrics` listener (plain HTTP); empty: none.
+    pub metrics_listen: String,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +82,7 @@ impl Default for ServerConfig {
             tls_cert_file: PathBuf::new(),
             tls_key_file: PathBuf::new(),
             tls_client_ca_file: PathBuf::new(),
+            metrics_listen: String::new(),
         }
     }
 }
@@ -155,11 +159,28 @@ impl Service for ServerConfig {
             ("tls_key_file", set(&self.tls_key_file)),
             ("tls_client_ca_file", set(&self.tls_client_ca_file)),
         )?;
+        let metrics = match parse_listen(&self.metrics_listen) {
+            Ok(metrics) => metrics,
+            Err(e) => return invalid("metrics_listen", e),
+        };
+        if metrics.is_some_and(|addr| addr == self.listen && addr.port() != 0) {
+            return invalid(
+                "metrics_listen",
+                format!("{} is the gRPC listen address too", self.listen),
+            );
+        }
         Ok(())
     }
 
     fn log_level(&self) -> &str {
         &self.log_level
+    }
+}
+
+impl ServerConfig {
+    /// Where to serve `/metrics`, if anywhere (`validate` has checked the value).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        parse_listen(&self.metrics_listen).ok().flatten()
     }
 }
 
@@ -210,6 +231,10 @@ pub struct ServerFlags {
     #[arg(long = "tls-client-ca", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client_ca_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (key `metrics_listen`) [default: off]
+    #[arg(long = "metrics-listen", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 #[cfg(test)]

@@ -9,12 +9,14 @@
 //! - [`linger`]: connections closed so that the last response always arrives;
 //! - [`throttle`]: repeating warnings logged once per period;
 //! - [`tls`]: TLS handshakes off the accept loop, certificates reloaded on SIGHUP;
+//! - [`metrics`]: gRPC calls by method and status code, their latency, in flight;
 //! - [`run`] (here): bind, serve, drain on SIGTERM.
 
 mod accept;
 pub mod config;
 mod inflight;
 mod linger;
+mod metrics;
 mod pool;
 mod service;
 mod throttle;
@@ -29,12 +31,14 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::daemon::metrics::{Metrics, MetricsError};
 use crate::daemon::systemd;
 use crate::grpc::proto::{self, message_service_server::MessageServiceServer};
 use accept::ConnectionLimits;
 pub use config::{ServerArgs, ServerConfig};
 use inflight::InFlightLimit;
 use linger::LINGER;
+use metrics::{GrpcMetricsLayer, ServerMetrics};
 pub use pool::PoolError;
 use service::ComputeService;
 
@@ -47,6 +51,16 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("socket activation")]
+    Activation(#[from] systemd::ActivationError),
+    #[error(
+        "systemd passed a socket on {activated}, but listen is {configured}: make them agree \
+         (`systemctl edit labmq-server.socket`: ListenStream=, or `listen` in the config)"
+    )]
+    ActivatedElsewhere {
+        activated: SocketAddr,
+        configured: SocketAddr,
+    },
     #[error("compute pool")]
     Pool(#[from] PoolError),
     #[error("reflection service")]
@@ -55,32 +69,63 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("TLS")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("metrics")]
+    Metrics(#[from] MetricsError),
     #[error("cannot watch SIGHUP for certificate reloads")]
     Signal(#[source] std::io::Error),
 }
 
-/// Binds the listener, serves until `shutdown` is cancelled, then lets in-flight calls
+/// The socket systemd passed (labmq-server.socket), or else one bound to `listen`.
+async fn listener(config: &ServerConfig) -> Result<(TcpListener, &'static str), ServerError> {
+    let bind_error = |source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let Some(activated) = systemd::activated_tcp_listener()? else {
+        let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
+        return Ok((listener, "bound"));
+    };
+    let activated_on = activated.local_addr().map_err(bind_error)?;
+    // The socket unit and the config each name an address; serving on another one than
+    // the config says would surprise whoever reads the config.
+    if activated_on != config.listen {
+        return Err(ServerError::ActivatedElsewhere {
+            activated: activated_on,
+            configured: config.listen,
+        });
+    }
+    let listener = TcpListener::from_std(activated).map_err(bind_error)?;
+    Ok((listener, "socket-activated"))
+}
+
+/// Takes the listener, serves until `shutdown` is cancelled, then lets in-flight calls
 /// finish for up to `shutdown_grace_secs`.
 pub async fn run(config: &ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let (listener, origin) = listener(config).await?;
     let local = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: config.listen,
         source,
     })?;
 
+    let metrics = Metrics::new()?;
+    let server_metrics = ServerMetrics::new(&metrics)?;
+    if let Some(addr) = config.metrics_addr() {
+        metrics.serve(addr, shutdown.clone()).await?;
+    }
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<MessageServiceServer<ComputeService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: grpcurl and current clients speak v1; grpcio-reflection's
+    // Python client, older grpcurl builds and many GUI clients still speak v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     // Room for a text of max_text_bytes plus protobuf framing, so an over-long text reaches
     // the handler and gets an INVALID_ARGUMENT that names the limit.
     let decode_limit = config.max_text_bytes.saturating_add(64 * 1024);
@@ -103,9 +148,12 @@ pub async fn run(config: &ServerConfig, shutdown: CancellationToken) -> Result<(
         .timeout(Duration::from_secs(config.request_timeout_secs))
         .http2_keepalive_interval(Some(Duration::from_secs(config.keepalive_interval_secs)))
         .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_timeout_secs)))
+        // Outermost, so calls refused by the in-flight limit are counted too.
+        .layer(GrpcMetricsLayer::new(server_metrics))
         .layer(InFlightLimit::new(config.max_calls_in_flight))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(service);
     let stop = {
         let shutdown = shutdown.clone();
@@ -133,7 +181,7 @@ pub async fn run(config: &ServerConfig, shutdown: CancellationToken) -> Result<(
             None => Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
         };
 
-    tracing::info!(listen = %local, "labmq-server serving {scheme} on {local}");
+    tracing::info!(listen = %local, socket = origin, "labmq-server serving {scheme} on {local} ({origin})");
     systemd::ready(&format!("serving on {local}"));
     systemd::spawn_watchdog(shutdown.clone());
 

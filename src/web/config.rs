@@ -75,6 +75,8 @@ pub struct WebConfig {
     /// Longest wait between broker reconnection attempts.
     pub reconnect_max_secs: u64,
     pub log_level: String,
+    /// Serve Prometheus metrics at `/metrics` on `listen` (behind the same host check).
+    pub metrics: bool,
 }
 
 impl Default for WebConfig {
@@ -102,6 +104,7 @@ impl Default for WebConfig {
             confirm_timeout_secs: 10,
             reconnect_max_secs: 10,
             log_level: "info".into(),
+            metrics: false,
         }
     }
 }

@@ -17,6 +17,7 @@ use lapin::Connection;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicQosOptions};
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::WebMetrics;
 use super::status::Status;
 use super::store::Store;
 use crate::amqp::AmqpError;
@@ -42,6 +43,9 @@ pub(super) struct Ingest {
     pub queue: String,
     pub store: Store,
     pub status: Arc<Status>,
+    pub metrics: WebMetrics,
+    /// Sessions that got as far as consuming: every one after the first is a reconnect.
+    pub sessions: u64,
 }
 
 impl Session for Ingest {
@@ -61,6 +65,11 @@ impl Session for Ingest {
             .map_err(|e| AmqpError::amqp("setting prefetch", e))?;
         let mut consumer = subscribe(&channel, &self.queue).await?;
         tracing::info!(queue = %self.queue, exchange = %self.topology.results_exchange, broker = %self.broker, "consuming results");
+        if self.sessions > 0 {
+            self.metrics.broker_reconnects.inc();
+        }
+        self.sessions += 1;
+        self.metrics.broker_connected.set(1);
         self.status.broker(
             true,
             format!(
@@ -104,6 +113,7 @@ impl Session for Ingest {
                 break SessionEnd::Lost(reason);
             }
         };
+        self.metrics.broker_connected.set(0);
         Ok(end)
     }
 
@@ -175,6 +185,7 @@ impl Ingest {
             return Ok(());
         };
         let mut documents = Vec::with_capacity(batch.len());
+        let mut dropped = 0u64;
         for delivery in &batch {
             match serde_json::from_slice::<ResultDocument>(&delivery.data) {
                 Ok(document) => {
@@ -182,11 +193,14 @@ impl Ingest {
                     documents.push(document);
                 }
                 // Acked with the rest: a body that is not a result document never will be.
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    body = %crate::task::truncate(&String::from_utf8_lossy(&delivery.data), 200),
-                    "dropping a message that is not a result document"
-                ),
+                Err(e) => {
+                    dropped += 1;
+                    tracing::warn!(
+                        error = %e,
+                        body = %crate::task::truncate(&String::from_utf8_lossy(&delivery.data), 200),
+                        "dropping a message that is not a result document"
+                    );
+                }
             }
         }
         let count = documents.len();
@@ -222,6 +236,8 @@ impl Ingest {
             .basic_ack(last_tag, BasicAckOptions { multiple: true })
             .await
             .map_err(|e| Stop::Lost(format!("acking stored results: {e}")))?;
+        self.metrics.results_ingested.inc_by(count as u64);
+        self.metrics.results_dropped.inc_by(dropped);
         tracing::debug!(count, "results stored and acked");
         Ok(())
     }

@@ -10,6 +10,8 @@
 //! - [`routes`]: the HTTP API and the page's endpoints; [`page`]: the HTML (maud escapes
 //!   everything interpolated).
 //!
+//! - [`metrics`]: submits, published tasks, ingested results, the broker link; served
+//!   at `/metrics` when the `metrics` key is on.
 //! - [`http`]: the listener (connection cap, header and body timeouts, bounded shutdown)
 //!   and the guards against DNS rebinding and cross-site POSTs.
 //!
@@ -22,6 +24,7 @@
 pub mod config;
 mod http;
 mod ingest;
+mod metrics;
 mod page;
 mod routes;
 mod status;
@@ -48,6 +51,8 @@ pub enum WebError {
     Amqp(#[from] AmqpError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Metrics(#[from] crate::daemon::metrics::MetricsError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -62,7 +67,14 @@ pub async fn run(config: &WebConfig, shutdown: CancellationToken) -> Result<(), 
     let topology = config.amqp.topology();
     let store = store::Store::open(Path::new(&config.database))?;
     let status = Arc::new(Status::default());
-    let submitter = submit::Submitter::new(target.clone(), topology.clone(), config);
+    let registry = crate::daemon::metrics::Metrics::new()?;
+    let web_metrics = metrics::WebMetrics::new(&registry)?;
+    let submitter = submit::Submitter::new(
+        target.clone(),
+        topology.clone(),
+        config,
+        web_metrics.clone(),
+    );
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -89,6 +101,8 @@ pub async fn run(config: &WebConfig, shutdown: CancellationToken) -> Result<(), 
         queue: config.results_queue.clone(),
         store: store.clone(),
         status: status.clone(),
+        metrics: web_metrics,
+        sessions: 0,
     };
     let reconnect_max = Duration::from_secs(config.reconnect_max_secs);
     let ingest_shutdown = shutdown.clone();
@@ -127,6 +141,7 @@ pub async fn run(config: &WebConfig, shutdown: CancellationToken) -> Result<(), 
             max_body_bytes: config.max_body_bytes,
         },
         guard,
+        config.metrics.then(|| registry.route()),
     );
     tracing::info!(listen = %addr, database = %config.database, results_queue = %config.results_queue, "serving");
     systemd::ready(&status.line());

@@ -42,9 +42,14 @@ pub struct AppState {
     pub max_body_bytes: usize,
 }
 
-pub fn router(state: AppState, guard: Guard) -> Router {
+/// The routes of labmq-web; `metrics`, when given, adds `GET /metrics`.
+pub fn router(state: AppState, guard: Guard, metrics: Option<Router<AppState>>) -> Router {
     let limit = state.max_body_bytes;
-    Router::new()
+    let routes = match metrics {
+        Some(metrics) => Router::new().merge(metrics),
+        None => Router::new(),
+    };
+    routes
         .route("/", get(index))
         .route("/submit", post(submit_form))
         .route("/static/app.js", get(app_js))

@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 
 use super::config::{CONNECT_TIMEOUT, WebConfig};
+use super::metrics::WebMetrics;
 use crate::amqp::producer::{ProduceError, Producer};
 use crate::amqp::settings::AmqpTarget;
 use crate::amqp::topology::Topology;
@@ -205,10 +206,16 @@ pub struct Submitter {
     per_client: u32,
     max_tasks: usize,
     confirm_timeout: Duration,
+    metrics: WebMetrics,
 }
 
 impl Submitter {
-    pub fn new(target: AmqpTarget, topology: Topology, config: &WebConfig) -> Self {
+    pub fn new(
+        target: AmqpTarget,
+        topology: Topology,
+        config: &WebConfig,
+        metrics: WebMetrics,
+    ) -> Self {
         Self {
             target,
             topology,
@@ -222,6 +229,7 @@ impl Submitter {
             per_client: config.submits_per_minute_per_client,
             max_tasks: config.max_tasks_per_submit,
             confirm_timeout: Duration::from_secs(config.confirm_timeout_secs),
+            metrics,
         }
     }
 
@@ -268,6 +276,21 @@ impl Submitter {
     /// Parses `inputs`, checks the limits (with `client`'s own budget) and publishes the
     /// tasks that parse.
     pub async fn submit(
+        &self,
+        inputs: Inputs<'_>,
+        client: Option<IpAddr>,
+    ) -> Result<SubmitReport, SubmitError> {
+        let submitted = self.submit_counted(inputs, client).await;
+        match &submitted {
+            Ok(report) => self
+                .metrics
+                .submit("accepted", report.accepted, report.rejected),
+            Err(e) => self.metrics.submit(e.code(), 0, 0),
+        }
+        submitted
+    }
+
+    async fn submit_counted(
         &self,
         inputs: Inputs<'_>,
         client: Option<IpAddr>,

@@ -553,6 +553,7 @@ pub fn spawn_server(config: &str) -> Server {
 
 pub mod amqp;
 pub mod cluster;
+pub mod metrics;
 pub mod poison;
 pub mod rabbit;
 pub mod web;

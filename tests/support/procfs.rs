@@ -75,3 +75,43 @@ impl Peak {
         self.rss_kib = self.rss_kib.max(peak_rss_kib(pid));
     }
 }
+
+/// The TCP ports the process listens on (its socket inodes, looked up in
+/// `/proc/net/tcp` and `/proc/net/tcp6` in state LISTEN), sorted.
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let fd_dir = format!("/proc/{pid}/fd");
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(&fd_dir)
+        .unwrap_or_else(|e| panic!("read {fd_dir}: {e}"))
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is field 1 (HEX_IP:HEX_PORT), st field 3 (0A = LISTEN),
+            // inode field 9.
+            if fields.len() > 9 && fields[3] == "0A" && inodes.contains(fields[9]) {
+                let port = fields[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+                    .unwrap_or_else(|| panic!("bad local address in {table}: {line}"));
+                ports.push(port);
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports
+}
