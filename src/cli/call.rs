@@ -16,7 +16,8 @@ use crate::task::parse_list;
 /// anything else is a user id for A/B assignment. An argument may hold a comma-separated list.
 ///
 /// Exit status: 0 every task succeeded; 1 some task failed (its error is printed);
-/// 2 usage error; 3 server unreachable.
+/// 2 usage error; 3 server unreachable. A call that fails on the way (UNAVAILABLE, e.g.
+/// while the server restarts) is tried again twice, after 0.1 s and 0.4 s.
 #[derive(Debug, Parser)]
 #[command(name = "labmq-call", version)]
 pub struct CallArgs {
@@ -83,7 +84,7 @@ pub async fn run(args: CallArgs) -> ExitCode {
     for (item, parsed) in tasks {
         let outcome = match parsed {
             Err(e) => Err(format!("invalid task: {e}")),
-            Ok(task) => client.run(&task).await.map_err(|e| {
+            Ok(task) => call_with_retries(&client, &task).await.map_err(|e| {
                 if e.is_transient() {
                     status = ExitCode::from(EXIT_UNREACHABLE);
                 }
@@ -101,6 +102,27 @@ pub async fn run(args: CallArgs) -> ExitCode {
         }
     }
     status
+}
+
+/// Waits before each retry of a call that failed on the way (UNAVAILABLE and the like):
+/// a server that restarts closes its connections, and a call sent on one just then was
+/// never run. Every labmq method is a pure function, so a retry is safe.
+const RETRY_WAITS: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(400)];
+
+async fn call_with_retries(
+    client: &ComputeClient,
+    task: &crate::task::Task,
+) -> Result<crate::task::TaskOutput, crate::grpc::client::CallError> {
+    let mut waits = RETRY_WAITS.iter();
+    loop {
+        match client.run(task).await {
+            Err(e) if e.is_transient() => match waits.next() {
+                Some(wait) => tokio::time::sleep(*wait).await,
+                None => return Err(e),
+            },
+            outcome => return outcome,
+        }
+    }
 }
 
 fn client_tls(
