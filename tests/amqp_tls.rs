@@ -336,6 +336,70 @@ fn amqps_client_against_the_plaintext_listener_fails_fast_with_one_line() {
     );
 }
 
+/// A peer on `127.0.0.1` that answers what a connection sends first with
+/// `answer(its first byte)`, then closes cleanly (it reads until the client hangs up, so
+/// that unread bytes do not turn its close into a reset); serves `connections`
+/// connections.
+fn scripted_peer(connections: usize, answer: fn(u8) -> &'static [u8]) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a scripted peer");
+    let port = listener.local_addr().expect("its address").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(connections) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut first = [0u8; 4096];
+            if let Ok(1..) = stream.read(&mut first) {
+                let _ = stream.write_all(answer(first[0]));
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                let _ = std::io::copy(&mut stream, &mut std::io::sink());
+            }
+        }
+    });
+    port
+}
+
+/// A TLS listener may answer the plain AMQP header with a TLS alert record instead of
+/// hanging up (RabbitMQ does either); lapin then cannot parse a frame. The probe still
+/// finds TLS. The peer is scripted so that the alert, the rarer answer, is certain.
+#[test]
+fn plaintext_client_answered_with_a_tls_alert_is_told_to_use_amqps() {
+    let port = scripted_peer(4, |first| match first {
+        // A ClientHello (the probe): the start of a ServerHello record.
+        22 => &[22, 3, 3, 0, 0],
+        // Anything else: a fatal alert record (protocol_version).
+        _ => &[21, 3, 3, 0, 2, 2, 70],
+    });
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let (code, _, err, took) = timed_produce(&url, &["--connect-timeout", "60", "fact:1"]);
+    assert_one_clear_line(
+        code,
+        &err,
+        took,
+        &format!("amqp://guest@127.0.0.1:{port}/%2f"),
+        &["answers in TLS", "amqps://", "no AMQP frame"],
+    );
+}
+
+/// A port that speaks another protocol (here HTTP) is named as such, not as a parser's
+/// internal error.
+#[test]
+fn a_port_that_speaks_another_protocol_fails_with_one_clear_line() {
+    let port = scripted_peer(4, |_| {
+        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    });
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let (code, _, err, took) = timed_produce(&url, &["--connect-timeout", "60", "fact:1"]);
+    assert_one_clear_line(
+        code,
+        &err,
+        took,
+        &format!("amqp://guest@127.0.0.1:{port}/%2f"),
+        &["no AMQP frame", "RabbitMQ AMQP listener"],
+    );
+    assert!(!err.contains("ParserErrors"), "{err}");
+}
+
 /// The consumer keeps retrying a node that refuses it, but says why once, not per try.
 #[test]
 fn consumer_reconnect_loop_says_why_once_per_outage() {

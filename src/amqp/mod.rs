@@ -47,6 +47,12 @@ pub enum AmqpError {
     /// mismatch; `reason` says which and the likely fix.
     #[error("cannot connect to RabbitMQ at {url}: {reason}")]
     TlsFailure { url: String, reason: String },
+    /// The peer answered with bytes that are no AMQP 0-9-1 frame (another protocol).
+    #[error(
+        "cannot connect to RabbitMQ at {url}: {}; is this port a RabbitMQ AMQP listener (usually 5672)?",
+        tls::NOT_AN_AMQP_FRAME
+    )]
+    NotAmqp { url: String },
     #[error("cannot connect to RabbitMQ at {url}: no answer within {timeout:?}")]
     ConnectTimeout {
         url: String,

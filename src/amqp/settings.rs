@@ -510,11 +510,23 @@ async fn connect_node(
             let (host, port) = (&uri.authority.host, uri.authority.port);
             let uses_tls = uri.scheme == AMQPScheme::AMQPS;
             Err(
-                match super::tls::explain_failure(&source, host, port, uses_tls).await {
+                match super::tls::explain_failure(
+                    &source,
+                    host,
+                    port,
+                    uses_tls.then_some(tls).flatten(),
+                )
+                .await
+                {
                     Some(reason) => AmqpError::TlsFailure {
                         url: redact_uri(uri),
                         reason,
                     },
+                    None if matches!(source.kind(), lapin::ErrorKind::ParsingError(_)) => {
+                        AmqpError::NotAmqp {
+                            url: redact_uri(uri),
+                        }
+                    }
                     None => AmqpError::Connect {
                         url: redact_uri(uri),
                         source,

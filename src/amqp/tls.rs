@@ -124,41 +124,92 @@ fn explain(error: &io::Error, host: &str) -> String {
 /// Why a connection to `host:port` failed, when TLS is the reason: our handshake's
 /// explanation, a TLS alert the broker sent after it (TLS 1.3 refuses a missing client
 /// certificate only then), or, for a plain `amqp://` URL whose connection the server
-/// dropped, a probe finding that the port speaks TLS. `None`: not a TLS matter.
+/// dropped or answered with bytes that are no AMQP frame, a probe finding that the port
+/// speaks TLS. `None`: not a TLS matter.
+///
+/// `tls`: the configuration of an `amqps://` URL (`None` for `amqp://`). A TLS connection
+/// reset right after the handshake is probed again with it: a broker that refuses our
+/// certificate (or its absence) sends an alert and closes, but when our AMQP header is
+/// already on its way the close becomes a reset that can overtake the alert; a second
+/// handshake that sends nothing after it reads the alert.
 pub async fn explain_failure(
     error: &lapin::Error,
     host: &str,
     port: u16,
-    uses_tls: bool,
+    tls: Option<&Arc<ClientConfig>>,
 ) -> Option<String> {
-    let lapin::ErrorKind::IOError(io) = error.kind() else {
-        return None;
+    // A TLS listener that gets a plain AMQP header either drops the connection or answers
+    // with a TLS alert record, which lapin then fails to parse as an AMQP frame.
+    let (not_amqp, answer) = match error.kind() {
+        lapin::ErrorKind::IOError(io) => {
+            if let Some(handshake) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<HandshakeError>())
+            {
+                return Some(handshake.to_string());
+            }
+            if rustls_error(io).is_some() {
+                return Some(HandshakeError::new(host, port, io).to_string());
+            }
+            let dropped = matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::BrokenPipe
+            );
+            (dropped, io.to_string())
+        }
+        lapin::ErrorKind::ParsingError(_) => (true, NOT_AN_AMQP_FRAME.to_owned()),
+        _ => return None,
     };
-    if let Some(handshake) = io
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<HandshakeError>())
-    {
-        return Some(handshake.to_string());
+    if let Some(config) = tls {
+        return if not_amqp {
+            alert_after_handshake(config, host, port).await
+        } else {
+            None
+        };
     }
-    if rustls_error(io).is_some() {
-        return Some(HandshakeError::new(host, port, io).to_string());
-    }
-    let dropped = matches!(
-        io.kind(),
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::UnexpectedEof
-            | io::ErrorKind::BrokenPipe
-    );
-    if !uses_tls && dropped && speaks_tls(host, port).await {
+    if not_amqp && speaks_tls(host, port).await {
         return Some(format!(
-            "{host}:{port} answers in TLS, not plain AMQP ({io}): this is a TLS listener \
+            "{host}:{port} answers in TLS, not plain AMQP ({answer}): this is a TLS listener \
              (RabbitMQ's listeners.ssl); use amqps:// with amqp_ca_file (--amqp-ca), or the \
              broker's plaintext port (usually 5672)"
         ));
     }
     None
 }
+
+/// A second handshake with `host:port` that sends nothing after it, then waits for what
+/// the broker says: the explanation of an alert, `None` when it says nothing of TLS.
+async fn alert_after_handshake(
+    config: &Arc<ClientConfig>,
+    host: &str,
+    port: u16,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let probe = async {
+        let stream = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        let mut tls = match connect_tokio(config, host, port, stream).await {
+            Ok(tls) => tls,
+            Err(handshake) => return Some(handshake.to_string()),
+        };
+        let mut byte = [0u8; 1];
+        match tls.read(&mut byte).await {
+            Err(e) if rustls_error(&e).is_some() => {
+                Some(HandshakeError::new(host, port, &e).to_string())
+            }
+            _ => None,
+        }
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, probe)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// What a peer that answered the AMQP protocol header with something else did.
+pub const NOT_AN_AMQP_FRAME: &str = "its answer to the AMQP protocol header is no AMQP frame";
 
 /// Whether `host:port` answers a TLS ClientHello with a TLS handshake record. Only the
 /// first bytes of the answer are read: no certificate is looked at, nothing is sent after.
