@@ -262,6 +262,7 @@ fn pipeline_daemons_count_their_work() {
     assert_eq!(c.value("labmq_consumer_broker_reconnects_total", &[]), 0.0);
     assert_eq!(c.value("labmq_consumer_requeues_total", &[]), 0.0);
     assert_process_metrics(c, consumer.pid());
+    assert_example_alerts_use_exported_names(c);
 
     // The server saw the 20 answered calls (failed ones never reached it).
     let s = scrape_parsed(server_metrics);
@@ -425,4 +426,66 @@ fn silent_peers_do_not_hold_metrics_slots() {
     }
     let exposition = scrape_parsed(addr);
     assert!(exposition.value("process_open_fds", &[]) > 0.0);
+}
+
+/// `promtool`: `LABMQ_PROMTOOL`, else on `PATH` (tests/run unpacks Debian's into
+/// target/tools/bin and puts it there).
+fn promtool() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("LABMQ_PROMTOOL") {
+        return path.into();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("promtool"))
+        .find(|candidate| candidate.is_file())
+        .expect(
+            "promtool not found on PATH nor in LABMQ_PROMTOOL: tests/run installs it \
+             (Debian's prometheus package, unpacked into target/tools/bin)",
+        )
+}
+
+/// The README's scrape config and example alert rules are valid for Prometheus, and each
+/// alert fires on the series that should trigger it (labmq-alerts.test.yml).
+#[test]
+fn example_scrape_config_and_alert_rules_pass_promtool() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/prometheus");
+    for args in [
+        ["check", "config", "prometheus.yml"],
+        ["test", "rules", "labmq-alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new(promtool())
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("run promtool");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Every labmq metric the example alerts use is one the consumer exports once it has
+/// done work (the rules would otherwise never fire).
+fn assert_example_alerts_use_exported_names(consumer: &Exposition) {
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/prometheus/labmq-alerts.yml"),
+    )
+    .expect("read labmq-alerts.yml");
+    let mut used: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("labmq_"))
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    assert!(used.len() >= 3, "{used:?}");
+    for name in used {
+        assert!(
+            consumer.text.lines().any(|line| line.starts_with(name)),
+            "the example alerts use {name}, which labmq-consumer does not export:\n{}",
+            consumer.text
+        );
+    }
 }
