@@ -351,7 +351,9 @@ fn metrics_are_off_by_default() {
         "the consumer listens on nothing"
     );
 
-    let web = WebSetup::for_consumer(&setup).start();
+    let web_setup = WebSetup::for_consumer(&setup);
+
+    let web = web_setup.start();
     assert_eq!(web.get("/metrics").status(), 404);
 }
 

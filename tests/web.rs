@@ -23,7 +23,8 @@ fn api_submit_results_appear_with_filters_and_whole_values() {
     let server = spawn_server("");
     let consumer_setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
     let _consumer = consumer_setup.start();
-    let web = WebSetup::for_consumer(&consumer_setup).start_healthy();
+    let web_setup = WebSetup::for_consumer(&consumer_setup);
+    let web = web_setup.start_healthy();
 
     let (status, body) = web.submit(&["user42, fact:6, freq:abracadabra", "fact:x", "fact:3000"]);
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -329,7 +330,8 @@ fn a_script_task_is_shown_as_text() {
     let server = spawn_server("");
     let consumer_setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
     let _consumer = consumer_setup.start();
-    let web = WebSetup::for_consumer(&consumer_setup).start_healthy();
+    let web_setup = WebSetup::for_consumer(&consumer_setup);
+    let web = web_setup.start_healthy();
     let script = "<script>alert(1)</script>";
     let ids = web.submit_ok(&[script]);
     let results = web.wait_results(&ids, RESULTS_TIMEOUT);

@@ -219,7 +219,8 @@ fn the_form_submits_and_results_appear_without_a_reload() {
     let server = spawn_server("");
     let consumer_setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
     let _consumer = consumer_setup.start();
-    let web = WebSetup::for_consumer(&consumer_setup).start_healthy();
+    let web_setup = WebSetup::for_consumer(&consumer_setup);
+    let web = web_setup.start_healthy();
     // A few results already there, as on a page in use (a long value, an error, a
     // script that must stay text).
     let earlier = web.submit_ok(&[

@@ -313,7 +313,8 @@ fn a_failing_database_backs_off_and_healthz_says_so() {
 
 #[test]
 fn healthz_never_shows_the_broker_user() {
-    let web = WebSetup::new(SHARED_AMQP_URL).start_healthy();
+    let web_setup = WebSetup::new(SHARED_AMQP_URL);
+    let web = web_setup.start_healthy();
     let (_, health) = web.get_json("/healthz");
     let text = health.to_string();
     assert!(!text.contains("guest"), "{text}");
@@ -321,7 +322,8 @@ fn healthz_never_shows_the_broker_user() {
 
     // Unreachable, with the user in the error the driver reports.
     let port = support::free_port();
-    let web = WebSetup::new(&format!("amqp://opsuser:hunter2@127.0.0.1:{port}/%2f")).start();
+    let web_setup = WebSetup::new(&format!("amqp://opsuser:hunter2@127.0.0.1:{port}/%2f"));
+    let web = web_setup.start();
     std::thread::sleep(Duration::from_secs(2));
     let (_, health) = web.get_json("/healthz");
     let text = health.to_string();
@@ -338,7 +340,8 @@ fn a_json_array_keeps_commas_inside_text_tasks() {
     let server = spawn_server("");
     let consumer_setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
     let _consumer = consumer_setup.start();
-    let web = WebSetup::for_consumer(&consumer_setup).start_healthy();
+    let web_setup = WebSetup::for_consumer(&consumer_setup);
+    let web = web_setup.start_healthy();
     let (status, body) = web.submit(&["upper:Hello, world", "freq:a, b, b", "fact:3, user7"]);
     assert_eq!(status, StatusCode::OK, "{body}");
     let tasks: Vec<&str> = body["tasks"]

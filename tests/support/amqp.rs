@@ -379,43 +379,53 @@ impl ConsumerSetup {
 }
 
 /// Deletes what a test consumer declared on its broker (task queue, dead letters, results
-/// exchange), so test runs do not pile up durable objects on the shared broker. Best effort:
-/// the broker may be gone already (a private node stopped first), and a drop must not panic.
+/// exchange), so test runs do not pile up durable objects on the shared broker.
 impl Drop for ConsumerSetup {
     fn drop(&mut self) {
-        let queues = [
-            self.queue.clone(),
-            format!(
-                "{}{}",
-                self.queue,
-                labmq::amqp::topology::DEAD_LETTER_SUFFIX
-            ),
-        ];
-        let exchange = self.results_exchange.clone();
-        let url = self.amqp_url.clone();
-        // Its own thread and runtime: the drop may run inside a test's runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = runtime();
-            rt.block_on(async {
-                let cleanup = async {
-                    let connection =
-                        Connection::connect(&url, ConnectionProperties::default()).await?;
-                    let channel = connection.create_channel().await?;
-                    for queue in &queues {
-                        channel
-                            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                            .await?;
-                    }
-                    channel
-                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                        .await?;
-                    connection.close(200, "".into()).await
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(5), cleanup).await;
-            });
-        })
-        .join();
+        delete_best_effort(
+            &self.amqp_url,
+            vec![
+                self.queue.clone(),
+                format!(
+                    "{}{}",
+                    self.queue,
+                    labmq::amqp::topology::DEAD_LETTER_SUFFIX
+                ),
+            ],
+            vec![self.results_exchange.clone()],
+        );
     }
+}
+
+/// Deletes `queues`, then `exchanges`, each on a channel of its own (one already gone
+/// closes only its channel). Best effort: the broker may be gone already (a private node
+/// stopped first), and it runs in drops, which must not panic.
+pub fn delete_best_effort(url: &str, queues: Vec<String>, exchanges: Vec<String>) {
+    let url = url.to_owned();
+    // Its own thread and runtime: the drop may run inside a test's runtime.
+    let _ = std::thread::spawn(move || {
+        let rt = runtime();
+        rt.block_on(async {
+            let cleanup = async {
+                let connection = Connection::connect(&url, ConnectionProperties::default()).await?;
+                for queue in &queues {
+                    let channel = connection.create_channel().await?;
+                    let _ = channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                for exchange in &exchanges {
+                    let channel = connection.create_channel().await?;
+                    let _ = channel
+                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                        .await;
+                }
+                connection.close(200, "".into()).await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), cleanup).await;
+        });
+    })
+    .join();
 }
 
 /// Runs labmq-produce with `args`, feeding `stdin`; returns (exit code, stdout, stderr).

@@ -25,6 +25,8 @@ pub struct WebSetup {
     pub results_queue: String,
     pub extra: String,
     pub data: TempDir,
+    /// The task queue and results exchange are this setup's own (not a test consumer's).
+    owns_task_queue: bool,
 }
 
 impl WebSetup {
@@ -37,15 +39,20 @@ impl WebSetup {
             results_queue: unique("web-results-q"),
             extra: String::new(),
             data: tempfile::tempdir().expect("temp dir for the web database"),
+            owns_task_queue: true,
         }
     }
 
     /// A labmq-web on the task queue and results exchange of a test consumer.
     pub fn for_consumer(consumer: &super::amqp::ConsumerSetup) -> Self {
         Self {
+            amqp_url: consumer.amqp_url.clone(),
             queue: consumer.queue.clone(),
             results_exchange: consumer.results_exchange.clone(),
-            ..Self::new(&consumer.amqp_url)
+            results_queue: unique("web-results-q"),
+            extra: String::new(),
+            data: tempfile::tempdir().expect("temp dir for the web database"),
+            owns_task_queue: false,
         }
     }
 
@@ -98,6 +105,25 @@ impl WebSetup {
         let web = self.start();
         web.wait_healthy(Duration::from_secs(30));
         web
+    }
+}
+
+/// Deletes the results queue labmq-web declared (durable, so it would outlive the test),
+/// and the task queue and results exchange when they were its own, not a consumer's.
+impl Drop for WebSetup {
+    fn drop(&mut self) {
+        let mut queues = vec![self.results_queue.clone()];
+        let mut exchanges = Vec::new();
+        if self.owns_task_queue {
+            queues.push(self.queue.clone());
+            queues.push(format!(
+                "{}{}",
+                self.queue,
+                labmq::amqp::topology::DEAD_LETTER_SUFFIX
+            ));
+            exchanges.push(self.results_exchange.clone());
+        }
+        super::amqp::delete_best_effort(&self.amqp_url, queues, exchanges);
     }
 }
 
