@@ -803,7 +803,7 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     ratios.sort_by(f64::total_cmp);
     let mid = ratios.len() / 2;
-    let median_ratio = if ratios.len() % 2 == 0 {
+    let median_ratio = if ratios.len().is_multiple_of(2) {
         (ratios[mid - 1] + ratios[mid]) / 2.0
     } else {
         ratios[mid]
