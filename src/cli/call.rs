@@ -72,6 +72,7 @@ pub async fn run(args: CallArgs) -> ExitCode {
         connect_timeout: Duration::from_secs(args.connect_timeout),
         request_timeout: Duration::from_secs(args.timeout),
         tls,
+        ..ClientOptions::default()
     };
     let client = match ComputeClient::connect(std::slice::from_ref(&args.server), &options).await {
         Ok(client) => client,

@@ -38,6 +38,14 @@ pub struct ConsumerConfig {
     pub prefetch: u16,
     /// Tasks processed at once.
     pub concurrency: usize,
+    /// Channels in confirm mode that results are published on, round-robin: the broker
+    /// runs each channel as one process, so one channel serialises every publish and
+    /// confirm of the consumer.
+    pub publish_channels: u16,
+    /// HTTP/2 connections to each gRPC server, calls spread round-robin over them: one
+    /// connection carries at most the server's max_concurrent_streams calls at once,
+    /// and all its frames go through one I/O task.
+    pub grpc_connections: u16,
     /// Larger bodies are dead-lettered unread.
     pub max_body_bytes: usize,
     /// A body with more tasks is dead-lettered before any runs.
@@ -78,6 +86,8 @@ impl Default for ConsumerConfig {
             grpc_key_file: PathBuf::new(),
             prefetch: 128,
             concurrency: 64,
+            publish_channels: 2,
+            grpc_connections: 2,
             max_body_bytes: 2 * 1024 * 1024,
             max_tasks_per_message: 1000,
             max_result_bytes_per_message: 8 * 1024 * 1024,
@@ -135,6 +145,14 @@ impl Service for ConsumerConfig {
         self.validate_grpc_tls()?;
         check_positive("prefetch", self.prefetch.into())?;
         check_positive("concurrency", self.concurrency as u64)?;
+        for (key, value) in [
+            ("publish_channels", self.publish_channels),
+            ("grpc_connections", self.grpc_connections),
+        ] {
+            if !(1..=64).contains(&value) {
+                return invalid(key, format!("{value} is outside 1..=64"));
+            }
+        }
         check_positive("max_body_bytes", self.max_body_bytes as u64)?;
         check_positive("max_tasks_per_message", self.max_tasks_per_message as u64)?;
         check_positive(

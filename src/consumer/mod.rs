@@ -15,6 +15,7 @@
 //!
 //! The reconnect loop around sessions is the shared [`crate::amqp::session::Driver`].
 
+mod acks;
 pub mod config;
 pub mod dead_letter;
 pub mod handle;
@@ -62,6 +63,7 @@ pub async fn run(
         &ClientOptions {
             request_timeout: Duration::from_secs(config.grpc_timeout_secs),
             tls: config.grpc_tls()?,
+            connections: config.grpc_connections.into(),
             ..ClientOptions::default()
         },
     )?);

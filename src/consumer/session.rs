@@ -4,17 +4,19 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::ShortString;
 use lapin::{Channel, Connection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::acks::Acks;
 use super::config::ConsumerConfig;
 use super::dead_letter::dead_letter_properties;
 use super::handle::{Handler, Limits, RetryPolicy, Verdict, message_key};
@@ -41,14 +43,27 @@ const QUARANTINE_BOUND: Duration = Duration::from_secs(60);
 /// What every in-flight task shares.
 struct Context {
     handler: Handler,
-    publisher: Publisher,
+    /// `publish_channels` channels in confirm mode; each message's results go out on the
+    /// next one in turn (all of one message's on the same one).
+    publishers: Vec<Publisher>,
+    next_publisher: AtomicUsize,
     topology: Topology,
     /// The connection's negotiated frame size: a dead-letter copy's properties must fit
     /// in one frame of it.
     frame_max: u32,
-    /// Tripped by a task whose publish failed: the session is broken and must reconnect.
+    /// Tripped by a task whose publish failed, or by a failed ack: the session is broken
+    /// and must reconnect.
     broken: CancellationToken,
+    /// Acks deliveries whose results are confirmed, coalescing runs of them.
+    acks: Acks,
     task_log: Arc<TaskLog>,
+}
+
+impl Context {
+    fn publisher(&self) -> &Publisher {
+        let i = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
+        &self.publishers[i]
+    }
 }
 
 pub(super) struct ConsumeSession {
@@ -111,7 +126,7 @@ impl Session for ConsumeSession {
             () = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
             set_up = tokio::time::timeout(SETUP_BOUND, self.set_up(connection)) => set_up,
         };
-        let (publisher, channel, mut consumer) = set_up.map_err(|_| AmqpError::Timeout {
+        let (publishers, channel, mut consumer) = set_up.map_err(|_| AmqpError::Timeout {
             operation: "setting up (channels, declarations, subscription)".into(),
             timeout: SETUP_BOUND,
         })??;
@@ -121,6 +136,8 @@ impl Session for ConsumeSession {
         // Tasks stop retrying when this fires: the grace period is over, or the session
         // is gone and their acks could not reach the broker anyway.
         let give_up = CancellationToken::new();
+        let broken = CancellationToken::new();
+        let acks = Acks::start(channel.clone(), broken.clone());
         let context = Arc::new(Context {
             handler: Handler {
                 client: self.client.clone(),
@@ -138,10 +155,12 @@ impl Session for ConsumeSession {
                 shutdown: give_up.clone(),
                 metrics: self.metrics.clone(),
             },
-            publisher,
+            publishers,
+            next_publisher: AtomicUsize::new(0),
             topology: self.topology.clone(),
             frame_max: connection.configuration().frame_max(),
-            broken: CancellationToken::new(),
+            broken,
+            acks,
             task_log: self.task_log.clone(),
         });
 
@@ -178,6 +197,7 @@ impl Session for ConsumeSession {
                 () = context.broken.cancelled() => break SessionEnd::Lost("publishing failed".into()),
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
+                        context.acks.taken(delivery.delivery_tag);
                         in_flight.spawn(process(delivery, permit, context.clone()));
                     }
                     Some(Err(e)) => {
@@ -191,8 +211,14 @@ impl Session for ConsumeSession {
 
         match &end {
             SessionEnd::Shutdown => {
-                self.drain(&channel, consumer.tag(), &mut in_flight, &give_up)
-                    .await;
+                self.drain(
+                    &channel,
+                    consumer.tag(),
+                    &mut in_flight,
+                    &give_up,
+                    &context.acks,
+                )
+                .await;
             }
             SessionEnd::Lost(_) => {
                 // The broker requeues whatever was unacked when the connection goes.
@@ -235,9 +261,13 @@ impl ConsumeSession {
     async fn set_up(
         &self,
         connection: &Connection,
-    ) -> Result<(Publisher, Channel, lapin::Consumer), AmqpError> {
+    ) -> Result<(Vec<Publisher>, Channel, lapin::Consumer), AmqpError> {
         let config = &self.config;
-        let publisher = Publisher::open(connection).await?;
+        let mut publishers = Vec::with_capacity(config.publish_channels.into());
+        for _ in 0..config.publish_channels.max(1) {
+            publishers.push(Publisher::open(connection).await?);
+        }
+        let publisher = &publishers[0];
         self.topology.declare_all(publisher.channel()).await?;
         if !config.results_queue.is_empty() {
             self.topology
@@ -257,7 +287,7 @@ impl ConsumeSession {
             .await
             .map_err(|e| AmqpError::amqp("setting prefetch", e))?;
         let consumer = subscribe(&channel, &self.topology.queue).await?;
-        Ok((publisher, channel, consumer))
+        Ok((publishers, channel, consumer))
     }
 
     /// Moves messages lapin cannot parse from the head of the task queue to the
@@ -288,6 +318,7 @@ impl ConsumeSession {
         tag: ShortString,
         in_flight: &mut JoinSet<()>,
         give_up: &CancellationToken,
+        acks: &Acks,
     ) {
         systemd::stopping("draining in-flight tasks");
         bounded_step(
@@ -313,6 +344,13 @@ impl ConsumeSession {
                 in_flight.abort_all();
             }
         }
+        // The finished tasks' acks go out before the nack below, which would otherwise
+        // requeue messages whose results are already published.
+        bounded_step("sending the last acks", async {
+            acks.flush().await;
+            Ok(())
+        })
+        .await;
         // Deliveries prefetched but never started go back to the queue (tag 0 + multiple
         // means every outstanding delivery on this channel).
         tracing::info!("in-flight tasks done; requeueing prefetched deliveries");
@@ -373,16 +411,13 @@ async fn process(delivery: Delivery, _slot: OwnedSemaphorePermit, context: Arc<C
     );
     match guarded(deliver(&context, &delivery, &[result], Some(&error))).await {
         Ok(Ok(())) => {
-            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-                tracing::warn!(task_id = %message_id, error = %e, "ack failed; the broker will redeliver");
-            } else {
-                metrics.dead_lettered(codes::PANIC);
-            }
+            context.acks.confirmed(delivery.delivery_tag);
+            metrics.dead_lettered(codes::PANIC);
         }
         Ok(Err(e)) => {
             tracing::warn!(task_id = %message_id, error = %e, "could not dead-letter the message; it stays queued");
             context.broken.cancel();
-            requeue(&delivery, &message_id, metrics).await;
+            requeue(&delivery, &message_id, &context).await;
         }
         // Even the bare dead-letter copy panicked: requeue once, and drop it the second
         // time rather than loop on it forever.
@@ -394,9 +429,10 @@ async fn process(delivery: Delivery, _slot: OwnedSemaphorePermit, context: Arc<C
                     requeue: false,
                 };
                 let _ = delivery.acker.nack(options).await;
+                context.acks.settled(delivery.delivery_tag);
             } else {
                 tracing::error!(task_id = %message_id, panic = %again, "dead-lettering panicked; requeueing the message once");
-                requeue(&delivery, &message_id, metrics).await;
+                requeue(&delivery, &message_id, &context).await;
             }
         }
     }
@@ -440,7 +476,7 @@ async fn handle_and_deliver(
         .await;
     let (results, dead_letter) = match verdict {
         Verdict::Abandoned => {
-            requeue(delivery, message_id, metrics).await;
+            requeue(delivery, message_id, context).await;
             return;
         }
         Verdict::Done {
@@ -452,13 +488,11 @@ async fn handle_and_deliver(
     if let Err(e) = deliver(context, delivery, &results, dead_letter.as_ref()).await {
         tracing::warn!(task_id = %message_id, error = %e, "could not publish the result; the message stays queued");
         context.broken.cancel();
-        requeue(delivery, message_id, metrics).await;
+        requeue(delivery, message_id, context).await;
         return;
     }
-    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-        tracing::warn!(task_id = %message_id, error = %e, "ack failed; the broker will redeliver");
-        return;
-    }
+    // Acked once every older delivery is done too (coalesced), else at once alone.
+    context.acks.confirmed(delivery.delivery_tag);
     metrics.message_done(started.elapsed().as_secs_f64());
     if let Some(error) = &dead_letter {
         metrics.dead_lettered(&error.code);
@@ -493,14 +527,14 @@ async fn deliver(
         routing_key: "",
         mandatory: false,
     };
+    let publisher = context.publisher();
     let mut pending = Vec::with_capacity(results.len() + 1);
     let mut replies = Vec::new();
     for document in results {
         let body = document.to_json();
         let result_properties = persistent("application/json", &document.id);
         pending.push((
-            context
-                .publisher
+            publisher
                 .send(&results_route, &body, result_properties.clone())
                 .await?,
             "the results exchange",
@@ -517,8 +551,7 @@ async fn deliver(
                 mandatory: false,
             };
             replies.push(
-                context
-                    .publisher
+                publisher
                     .send(&reply_route, &body, reply_properties)
                     .await?,
             );
@@ -538,8 +571,7 @@ async fn deliver(
             mandatory: true,
         };
         pending.push((
-            context
-                .publisher
+            publisher
                 .send(&dead_route, &delivery.data, dead_properties)
                 .await?,
             "the dead-letter queue",
@@ -560,8 +592,8 @@ async fn deliver(
     Ok(())
 }
 
-async fn requeue(delivery: &Delivery, message_id: &str, metrics: &ConsumerMetrics) {
-    metrics.requeues.inc();
+async fn requeue(delivery: &Delivery, message_id: &str, context: &Context) {
+    context.handler.metrics.requeues.inc();
     let options = BasicNackOptions {
         multiple: false,
         requeue: true,
@@ -572,6 +604,8 @@ async fn requeue(delivery: &Delivery, message_id: &str, metrics: &ConsumerMetric
             tracing::debug!(task_id = %message_id, error = %e, "requeue failed; the broker requeues on disconnect")
         }
     }
+    // After the nack went out: a coalesced ack may now pass over this delivery.
+    context.acks.settled(delivery.delivery_tag);
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
-//! The client side: one long-lived channel per server address, calls spread round-robin
-//! over them, and an address that just failed with a transient error skipped for a while.
+//! The client side: long-lived channels to each server address (`connections` HTTP/2
+//! connections per address, so calls are not all serialised through one connection's
+//! stream limit and I/O task), calls spread round-robin over addresses and connections,
+//! and an address that just failed with a transient error skipped for a while.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -157,6 +159,8 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// The CA (and client certificate) for `https://` targets; see [`crate::tls`].
     pub tls: Option<ClientTlsConfig>,
+    /// HTTP/2 connections to each address (at least 1).
+    pub connections: usize,
 }
 
 impl Default for ClientOptions {
@@ -165,16 +169,24 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(30),
             tls: None,
+            connections: 1,
         }
     }
 }
 
 struct Target {
-    client: MessageServiceClient<Channel>,
+    /// One client per connection; never empty.
+    clients: Vec<MessageServiceClient<Channel>>,
+    next: AtomicUsize,
     down_until: Mutex<Option<Instant>>,
 }
 
 impl Target {
+    fn client(&self) -> MessageServiceClient<Channel> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        self.clients[i].clone()
+    }
+
     fn is_down(&self, now: Instant) -> bool {
         self.down_until
             .lock()
@@ -277,7 +289,11 @@ impl ComputeClient {
             .iter()
             .map(|t| {
                 endpoint(t, options).map(|e| Target {
-                    client: wrap(e.connect_lazy()),
+                    // Each connect_lazy() is a connection of its own.
+                    clients: (0..options.connections.max(1))
+                        .map(|_| wrap(e.connect_lazy()))
+                        .collect(),
+                    next: AtomicUsize::new(0),
                     down_until: Mutex::new(None),
                 })
             })
@@ -371,7 +387,7 @@ impl ComputeClient {
 impl Target {
     /// One call; marks the address down after a transient failure, up after an answer.
     async fn call(&self, task: &Task) -> Result<TaskOutput, CallError> {
-        match call(self.client.clone(), task).await {
+        match call(self.client(), task).await {
             Ok(output) => {
                 self.mark(false);
                 Ok(output)
