@@ -492,10 +492,11 @@ async fn sighup_applies_log_level_keeps_the_status_line_and_names_keys_needing_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_calls_then_exits_zero() {
     // One compute slot and two big factorials: the second queues behind the first, so
-    // both are in flight for a while (seconds in a debug build).
+    // both are in flight for a while (seconds in a debug build; on a loaded machine more
+    // than the default 60 s request timeout, hence its own).
     let mut server = ServerOptions::with_config(
         "max_factorial_n = 2000000\ncompute_threads = 1\nshutdown_grace_secs = 600\n\
-         log_level = \"warn,labmq=debug\"\n",
+         request_timeout_secs = 600\nlog_level = \"warn,labmq=debug\"\n",
     )
     .start();
     let client = client(&server).await;
