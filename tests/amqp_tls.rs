@@ -309,15 +309,7 @@ fn host_name_the_certificate_does_not_list_fails() {
 fn plaintext_client_against_the_tls_listener_fails_fast_with_one_line() {
     let f = fixture();
     let port = f.broker.tls_port.expect("TLS port");
-    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
-    let (code, _, err, took) = timed_produce(&url, &["--connect-timeout", "60", "fact:1"]);
-    assert_one_clear_line(
-        code,
-        &err,
-        took,
-        &format!("amqp://guest@127.0.0.1:{port}/%2f"),
-        &["amqps://"],
-    );
+    assert_plain_client_on_port_is_told(port, &["amqps://"]);
 }
 
 #[test]
@@ -334,6 +326,20 @@ fn amqps_client_against_the_plaintext_listener_fails_fast_with_one_line() {
         &format!("amqps://guest@127.0.0.1:{}/%2f", f.broker.port),
         &["does not speak TLS", "amqp://"],
     );
+}
+
+/// `labmq-produce` given a plain `amqp://` URL to `port`: one clear line saying `says`.
+fn assert_plain_client_on_port_is_told(port: u16, says: &[&str]) {
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let (code, _, err, took) = timed_produce(&url, &["--connect-timeout", "60", "fact:1"]);
+    assert_one_clear_line(
+        code,
+        &err,
+        took,
+        &format!("amqp://guest@127.0.0.1:{port}/%2f"),
+        says,
+    );
+    assert!(!err.contains("ParserErrors"), "{err}");
 }
 
 /// A peer on `127.0.0.1` that answers what a connection sends first with
@@ -370,15 +376,7 @@ fn plaintext_client_answered_with_a_tls_alert_is_told_to_use_amqps() {
         // Anything else: a fatal alert record (protocol_version).
         _ => &[21, 3, 3, 0, 2, 2, 70],
     });
-    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
-    let (code, _, err, took) = timed_produce(&url, &["--connect-timeout", "60", "fact:1"]);
-    assert_one_clear_line(
-        code,
-        &err,
-        took,
-        &format!("amqp://guest@127.0.0.1:{port}/%2f"),
-        &["answers in TLS", "amqps://", "no AMQP frame"],
-    );
+    assert_plain_client_on_port_is_told(port, &["answers in TLS", "amqps://", "no AMQP frame"]);
 }
 
 /// A port that speaks another protocol (here HTTP) is named as such, not as a parser's
@@ -388,16 +386,7 @@ fn a_port_that_speaks_another_protocol_fails_with_one_clear_line() {
     let port = scripted_peer(4, |_| {
         b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
     });
-    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
-    let (code, _, err, took) = timed_produce(&url, &["--connect-timeout", "60", "fact:1"]);
-    assert_one_clear_line(
-        code,
-        &err,
-        took,
-        &format!("amqp://guest@127.0.0.1:{port}/%2f"),
-        &["no AMQP frame", "RabbitMQ AMQP listener"],
-    );
-    assert!(!err.contains("ParserErrors"), "{err}");
+    assert_plain_client_on_port_is_told(port, &["no AMQP frame", "RabbitMQ AMQP listener"]);
 }
 
 /// The consumer keeps retrying a node that refuses it, but says why once, not per try.
