@@ -22,7 +22,10 @@ use support::amqp::{Amqp, CONSUMER_BIN, ConsumerSetup, ResultWatch, mixed_tasks,
 use support::metrics::{Exposition, metrics_addr, scrape_parsed, scrape_until};
 use support::rabbit::SHARED_AMQP_URL;
 use support::web::WebSetup;
-use support::{READY_TIMEOUT, SERVER_BIN, ServerOptions, free_addr, run};
+use support::{
+    COMMAND_TIMEOUT, READY_TIMEOUT, SERVER_BIN, ServerOptions, free_addr, isolated_command,
+    output_within, run,
+};
 use tonic::Code;
 
 const NO_ENV: &[(&str, &str)] = &[];
@@ -455,11 +458,9 @@ fn example_scrape_config_and_alert_rules_pass_promtool() {
         ["check", "config", "prometheus.yml"],
         ["test", "rules", "labmq-alerts.test.yml"],
     ] {
-        let out = std::process::Command::new(promtool())
-            .args(args)
-            .current_dir(&dir)
-            .output()
-            .expect("run promtool");
+        let mut command = isolated_command(promtool(), NO_ENV);
+        command.args(args).current_dir(&dir);
+        let out = output_within(command, COMMAND_TIMEOUT);
         assert!(
             out.status.success(),
             "promtool {args:?}: {}\n{}",
