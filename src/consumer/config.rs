@@ -390,6 +390,22 @@ mod tests {
     }
 
     #[test]
+    fn publish_channels_and_grpc_connections_outside_1_to_64_are_named() {
+        Jail::expect_with(|jail| {
+            for key in ["publish_channels", "grpc_connections"] {
+                for value in ["0", "65"] {
+                    jail.create_file("consumer.toml", &format!("{key} = {value}\n"))?;
+                    let err = load_consumer().unwrap_err().to_string();
+                    assert!(err.contains(key) && err.contains("1..=64"), "{err}");
+                }
+                jail.create_file("consumer.toml", &format!("{key} = 64\n"))?;
+                assert!(load_consumer().is_ok(), "{key} = 64");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn shipped_consumer_toml_lists_every_key_with_its_default() {
         shipped_file_matches_defaults::<ConsumerConfig>(include_str!(
             "../../packaging/etc/consumer.toml"
