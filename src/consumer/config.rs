@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::amqp::settings::{AmqpSettings, AmqpTlsFlags, PASSWORD_KEY};
 use crate::daemon::metrics::parse_listen;
-use crate::daemon::service::{ConfigError, check_log_level, check_positive, invalid};
+use crate::daemon::service::{ConfigError, check_log_level, check_positive, check_range, invalid};
 use crate::daemon::service::{DaemonArgs, Service};
 use crate::grpc::client::normalize_target;
 use crate::tls::{KeyedPath, TlsError, configured};
@@ -145,14 +145,8 @@ impl Service for ConsumerConfig {
         self.validate_grpc_tls()?;
         check_positive("prefetch", self.prefetch.into())?;
         check_positive("concurrency", self.concurrency as u64)?;
-        for (key, value) in [
-            ("publish_channels", self.publish_channels),
-            ("grpc_connections", self.grpc_connections),
-        ] {
-            if !(1..=64).contains(&value) {
-                return invalid(key, format!("{value} is outside 1..=64"));
-            }
-        }
+        check_range("publish_channels", self.publish_channels, 1, 64)?;
+        check_range("grpc_connections", self.grpc_connections, 1, 64)?;
         check_positive("max_body_bytes", self.max_body_bytes as u64)?;
         check_positive("max_tasks_per_message", self.max_tasks_per_message as u64)?;
         check_positive(
@@ -168,12 +162,7 @@ impl Service for ConsumerConfig {
             );
         }
         check_positive("reconnect_max_secs", self.reconnect_max_secs)?;
-        if self.log_summary_secs == 0 || self.log_summary_secs > 86_400 {
-            return invalid(
-                "log_summary_secs",
-                format!("{} is outside 1..=86400", self.log_summary_secs),
-            );
-        }
+        check_range("log_summary_secs", self.log_summary_secs, 1, 86_400)?;
         if let Err(e) = parse_listen(&self.metrics_listen) {
             return invalid("metrics_listen", e);
         }

@@ -58,6 +58,17 @@ pub fn check_positive(key: &'static str, value: u64) -> Result<(), ConfigError> 
     Ok(())
 }
 
+/// Fails when `value` lies outside `min..=max`, naming `key` and the range.
+pub fn check_range<T>(key: &'static str, value: T, min: T, max: T) -> Result<(), ConfigError>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if value < min || value > max {
+        return invalid(key, format!("{value} is outside {min}..={max}"));
+    }
+    Ok(())
+}
+
 /// `log_level` must be a level or a tracing filter.
 pub fn check_log_level(level: &str) -> Result<(), ConfigError> {
     tracing_subscriber::EnvFilter::builder()

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compute::{ab, factorial, frequent_letter};
 use crate::daemon::metrics::parse_listen;
-use crate::daemon::service::{ConfigError, check_log_level, check_not_empty, invalid};
+use crate::daemon::service::{ConfigError, check_log_level, check_not_empty, check_range, invalid};
 use crate::daemon::service::{DaemonArgs, Service};
 use crate::tls::configured as set;
 
@@ -182,17 +182,6 @@ impl ServerConfig {
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         parse_listen(&self.metrics_listen).ok().flatten()
     }
-}
-
-/// `key` must lie in `min..=max`.
-fn check_range<T>(key: &'static str, value: T, min: T, max: T) -> Result<(), ConfigError>
-where
-    T: PartialOrd + std::fmt::Display,
-{
-    if value < min || value > max {
-        return invalid(key, format!("{value} is outside {min}..={max}"));
-    }
-    Ok(())
 }
 
 /// The labmq gRPC compute service (package `message`, service `MessageService`).
