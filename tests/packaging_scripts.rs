@@ -87,6 +87,20 @@ fn build_debs_names_an_unknown_architecture_or_package() {
 }
 
 #[test]
+fn build_debs_prints_the_release_rustflags() {
+    let output = run("build-debs", &["--print-rustflags"], &[("RUSTFLAGS", "")]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    let root = root();
+    for flag in [
+        format!("--remap-path-prefix={}=/build/labmq", root.display()),
+        "-C strip=symbols".to_owned(),
+    ] {
+        assert!(stdout.contains(&flag), "{flag:?} missing from {stdout:?}");
+    }
+}
+
+#[test]
 fn check_reproducible_names_an_unknown_architecture() {
     refused(
         "check-reproducible",
