@@ -6,8 +6,12 @@ mod support;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+use labmq::grpc::proto::batch_result::Outcome;
+use labmq::grpc::proto::batch_task::Kind;
 use labmq::grpc::proto::message_service_client::MessageServiceClient;
-use labmq::grpc::proto::{AbRequest, FactorialRequest, MessageRequest, TextRequest};
+use labmq::grpc::proto::{
+    AbRequest, BatchRequest, BatchTask, FactorialRequest, MessageRequest, TextRequest,
+};
 use support::{
     CALL_BIN, EXIT_TIMEOUT, SERVER_BIN, Server, ServerOptions, free_addr, notify_field, run,
     spawn_server,
@@ -299,6 +303,90 @@ async fn large_text_over_default_limit_is_invalid_argument_not_transport_error()
 // ---------------------------------------------------------------------------------------
 // Health, reflection, readiness
 // ---------------------------------------------------------------------------------------
+
+/// Each task of a `ComputeBatch` gets what its unary call answers, errors included, in
+/// order; a task with no kind, a factorial too big for a batch and a batch over
+/// `max_batch_tasks` are refused naming what was wrong.
+#[tokio::test]
+async fn compute_batch_answers_each_task_as_its_unary_call_would() {
+    let server = spawn_server("max_batch_tasks = 8\n");
+    let mut client = client(&server).await;
+    let task = |kind| BatchTask { kind: Some(kind) };
+    let tasks = vec![
+        task(Kind::Factorial(FactorialRequest { n: 20 })),
+        task(Kind::MostFrequentLetter(TextRequest {
+            text: "Привет мир".into(),
+        })),
+        task(Kind::AssignAb(AbRequest {
+            user_id: "user1".into(),
+        })),
+        task(Kind::ProcessMessage(MessageRequest {
+            text: "hello".into(),
+        })),
+        task(Kind::Factorial(FactorialRequest { n: -1 })),
+        task(Kind::Factorial(FactorialRequest { n: 2_001 })),
+        BatchTask { kind: None },
+        task(Kind::MostFrequentLetter(TextRequest { text: "123".into() })),
+    ];
+    let results = client
+        .compute_batch(BatchRequest {
+            tasks: tasks.clone(),
+        })
+        .await
+        .expect("ComputeBatch")
+        .into_inner()
+        .results;
+    let outcomes: Vec<Outcome> = results.into_iter().map(|r| r.outcome.unwrap()).collect();
+    assert_eq!(outcomes.len(), 8);
+    assert!(matches!(&outcomes[0], Outcome::Factorial(r) if r.result == "2432902008176640000"));
+    assert!(
+        matches!(&outcomes[1], Outcome::MostFrequentLetter(r) if r.letter == "р" && r.count == 2)
+    );
+    assert!(matches!(&outcomes[2], Outcome::AssignAb(r) if r.group == "B"));
+    assert!(
+        matches!(&outcomes[3], Outcome::ProcessMessage(r) if r.processed_text == "Processed by server: HELLO")
+    );
+    let error = |i: usize| match &outcomes[i] {
+        Outcome::Error(e) => (Code::from(e.code), e.message.clone()),
+        other => panic!("task {i}: expected an error, got {other:?}"),
+    };
+    // The same refusal as the unary call.
+    let unary = client
+        .factorial(FactorialRequest { n: -1 })
+        .await
+        .unwrap_err();
+    assert_eq!(error(4), (unary.code(), unary.message().to_owned()));
+    let (code, message) = error(5);
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(
+        message.contains("2000") && message.contains("call Factorial"),
+        "{message}"
+    );
+    let (code, message) = error(6);
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.contains("no kind"), "{message}");
+    assert_eq!(error(7).0, Code::InvalidArgument);
+
+    let mut over = tasks.clone();
+    over.push(task(Kind::Factorial(FactorialRequest { n: 1 })));
+    let refused = client
+        .compute_batch(BatchRequest { tasks: over })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("9 tasks") && refused.message().contains("max_batch_tasks"),
+        "{}",
+        refused.message()
+    );
+    // An empty batch is answered with no results.
+    let empty = client
+        .compute_batch(BatchRequest { tasks: vec![] })
+        .await
+        .expect("empty ComputeBatch")
+        .into_inner();
+    assert!(empty.results.is_empty());
+}
 
 #[tokio::test]
 async fn health_reports_serving() {

@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub max_waiting_calls: usize,
     /// Calls in flight at once over all connections; beyond it, `RESOURCE_EXHAUSTED`.
     pub max_calls_in_flight: usize,
+    /// Tasks one `ComputeBatch` call may hold; more are refused with `INVALID_ARGUMENT`.
+    pub max_batch_tasks: usize,
     /// Time limit of one call, waiting included.
     pub request_timeout_secs: u64,
     /// Open client connections; more are closed as soon as they are accepted.
@@ -73,6 +75,7 @@ impl Default for ServerConfig {
             compute_threads: 0,
             max_waiting_calls: 128,
             max_calls_in_flight: 256,
+            max_batch_tasks: 256,
             request_timeout_secs: 60,
             max_connections: 256,
             max_concurrent_streams: 100,
@@ -121,6 +124,9 @@ impl Service for ServerConfig {
         check_range("max_waiting_calls", self.max_waiting_calls, 0, 100_000)?;
         // Requests are decoded whole: this times max_text_bytes bounds their memory.
         check_range("max_calls_in_flight", self.max_calls_in_flight, 1, 100_000)?;
+        // A batch's answers are bounded per task (texts by the request, factorials by
+        // BATCH_FACTORIAL_MAX_N), so this bounds a batch's answer.
+        check_range("max_batch_tasks", self.max_batch_tasks, 1, 10_000)?;
         check_range("request_timeout_secs", self.request_timeout_secs, 1, 86_400)?;
         // Each connection is a file descriptor; the unit's LimitNOFILE must leave room.
         check_range("max_connections", self.max_connections, 1, 1_000_000)?;
@@ -348,6 +354,8 @@ mod tests {
                 ("request_timeout_secs", "0"),
                 ("max_waiting_calls", "100001"),
                 ("max_calls_in_flight", "0"),
+                ("max_batch_tasks", "0"),
+                ("max_batch_tasks", "10001"),
                 ("compute_threads", "1025"),
             ] {
                 jail.create_file("server.toml", &format!("{key} = {value}\n"))?;

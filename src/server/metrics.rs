@@ -21,6 +21,7 @@ const KNOWN_METHODS: &[&str] = &[
     "message.MessageService/AssignAB",
     "message.MessageService/Factorial",
     "message.MessageService/MostFrequentLetter",
+    "message.MessageService/ComputeBatch",
     "grpc.health.v1.Health/Check",
     "grpc.health.v1.Health/Watch",
     "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
@@ -44,6 +45,7 @@ pub struct ServerMetrics {
     calls: IntCounterVec,
     latency: HistogramVec,
     in_flight: IntGauge,
+    batch_tasks: IntCounterVec,
 }
 
 impl ServerMetrics {
@@ -63,7 +65,20 @@ impl ServerMetrics {
                 "labmq_server_grpc_calls_in_flight",
                 "gRPC calls received and not yet answered.",
             )?,
+            batch_tasks: metrics.counter_vec(
+                "labmq_server_batch_tasks_total",
+                "Tasks answered inside ComputeBatch calls, by the method that answered them and \
+                 its status code (the batch call itself is in labmq_server_grpc_calls_total).",
+                &["method", "code"],
+            )?,
         })
+    }
+
+    /// One task of a `ComputeBatch` answered by `method` (e.g. `Factorial`) with `code`.
+    pub fn batch_task(&self, method: &str, code: Code) {
+        self.batch_tasks
+            .with_label_values(&[method, code_name(code)])
+            .inc();
     }
 }
 

@@ -129,7 +129,7 @@ pub async fn run(config: &ServerConfig, shutdown: CancellationToken) -> Result<(
     // Room for a text of max_text_bytes plus protobuf framing, so an over-long text reaches
     // the handler and gets an INVALID_ARGUMENT that names the limit.
     let decode_limit = config.max_text_bytes.saturating_add(64 * 1024);
-    let service = MessageServiceServer::new(ComputeService::new(config)?)
+    let service = MessageServiceServer::new(ComputeService::new(config, server_metrics.clone())?)
         .max_decoding_message_size(decode_limit)
         .max_encoding_message_size(usize::MAX);
 

@@ -5,12 +5,14 @@
 use tonic::{Request, Response, Status};
 
 use super::config::ServerConfig;
+use super::metrics::ServerMetrics;
 use super::pool::{ComputePool, PoolError};
 use super::throttle::Throttled;
 use crate::compute::{self, AbSplitter};
 use crate::grpc::proto::{
-    AbRequest, AbResponse, FactorialRequest, FactorialResponse, LetterResponse, MessageRequest,
-    MessageResponse, TextRequest, message_service_server::MessageService,
+    AbRequest, AbResponse, BatchRequest, BatchResponse, BatchResult, BatchTask, FactorialRequest,
+    FactorialResponse, LetterResponse, MessageRequest, MessageResponse, TaskError, TextRequest,
+    batch_result::Outcome, batch_task::Kind, message_service_server::MessageService,
 };
 use crate::task::truncate;
 
@@ -18,6 +20,9 @@ use crate::task::truncate;
 const LOGGED_PAYLOAD_CHARS: usize = 200;
 /// Below this `n` a factorial costs microseconds; above it, it goes to the compute pool.
 const INLINE_FACTORIAL_MAX_N: u64 = 2_000;
+/// Largest `n` a `Factorial` inside a `ComputeBatch` takes (5,736 digits): with
+/// `max_batch_tasks` it bounds a batch's answer. Larger ones are unary calls of their own.
+pub const BATCH_FACTORIAL_MAX_N: i64 = INLINE_FACTORIAL_MAX_N as i64;
 /// Texts and user ids up to this size are handled inline (well under a millisecond);
 /// longer ones go to the compute pool.
 const INLINE_TEXT_MAX_BYTES: usize = 64 * 1024;
@@ -27,15 +32,17 @@ pub struct ComputeService {
     splitter: AbSplitter,
     max_factorial_n: u64,
     max_text_bytes: usize,
+    max_batch_tasks: usize,
     /// Bounds how many heavy computations run and wait at once, so big requests queue
     /// (boundedly) instead of starving each other or blocking the async runtime.
     pool: ComputePool,
     /// A flood of refused calls logs one line per period, not one per call.
     refusals: std::sync::Mutex<Throttled>,
+    metrics: ServerMetrics,
 }
 
 impl ComputeService {
-    pub fn new(config: &ServerConfig) -> Result<Self, PoolError> {
+    pub fn new(config: &ServerConfig, metrics: ServerMetrics) -> Result<Self, PoolError> {
         let threads = if config.compute_threads == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
@@ -45,8 +52,10 @@ impl ComputeService {
             splitter: AbSplitter::new(config.ab_salt.clone(), config.ab_a_percent),
             max_factorial_n: config.max_factorial_n,
             max_text_bytes: config.max_text_bytes,
+            max_batch_tasks: config.max_batch_tasks,
             pool: ComputePool::new(threads, config.max_waiting_calls)?,
             refusals: std::sync::Mutex::new(Throttled::new()),
+            metrics,
         })
     }
 
@@ -73,6 +82,62 @@ impl ComputeService {
                 Status::internal(e.to_string())
             }
         })
+    }
+}
+
+impl ComputeService {
+    /// One task of a batch, answered as the unary method of its kind would answer it.
+    async fn batch_task(&self, task: BatchTask) -> BatchResult {
+        let method = match &task.kind {
+            None => "none",
+            Some(Kind::ProcessMessage(_)) => "ProcessMessage",
+            Some(Kind::AssignAb(_)) => "AssignAB",
+            Some(Kind::Factorial(_)) => "Factorial",
+            Some(Kind::MostFrequentLetter(_)) => "MostFrequentLetter",
+        };
+        let outcome = match task.kind {
+            None => Err(invalid(
+                "ComputeBatch",
+                "a task of the batch has no kind (process_message, assign_ab, factorial or most_frequent_letter)",
+            )),
+            Some(Kind::ProcessMessage(request)) => self
+                .process_message(Request::new(request))
+                .await
+                .map(|r| Outcome::ProcessMessage(r.into_inner())),
+            Some(Kind::AssignAb(request)) => self
+                .assign_ab(Request::new(request))
+                .await
+                .map(|r| Outcome::AssignAb(r.into_inner())),
+            Some(Kind::Factorial(request)) if request.n > BATCH_FACTORIAL_MAX_N => Err(invalid(
+                "ComputeBatch",
+                format!(
+                    "n = {} is over {BATCH_FACTORIAL_MAX_N}, the largest factorial a batch takes; call Factorial for it",
+                    request.n
+                ),
+            )),
+            Some(Kind::Factorial(request)) => self
+                .factorial(Request::new(request))
+                .await
+                .map(|r| Outcome::Factorial(r.into_inner())),
+            Some(Kind::MostFrequentLetter(request)) => self
+                .most_frequent_letter(Request::new(request))
+                .await
+                .map(|r| Outcome::MostFrequentLetter(r.into_inner())),
+        };
+        self.metrics.batch_task(
+            method,
+            outcome
+                .as_ref()
+                .map_or_else(Status::code, |_| tonic::Code::Ok),
+        );
+        BatchResult {
+            outcome: Some(outcome.unwrap_or_else(|status| {
+                Outcome::Error(TaskError {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                })
+            })),
+        }
     }
 }
 
@@ -161,5 +226,28 @@ impl MessageService for ComputeService {
             letter: counted.letter,
             count: counted.count,
         }))
+    }
+
+    async fn compute_batch(
+        &self,
+        request: Request<BatchRequest>,
+    ) -> Result<Response<BatchResponse>, Status> {
+        let tasks = request.into_inner().tasks;
+        tracing::debug!(method = "ComputeBatch", tasks = tasks.len());
+        if tasks.len() > self.max_batch_tasks {
+            return Err(invalid(
+                "ComputeBatch",
+                format!(
+                    "the batch holds {} tasks, over the limit of {} (max_batch_tasks)",
+                    tasks.len(),
+                    self.max_batch_tasks
+                ),
+            ));
+        }
+        // Together, so one task waiting for the compute pool does not hold up the rest.
+        let results =
+            futures_util::future::join_all(tasks.into_iter().map(|task| self.batch_task(task)))
+                .await;
+        Ok(Response::new(BatchResponse { results }))
     }
 }

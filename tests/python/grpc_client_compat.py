@@ -138,6 +138,45 @@ def run_checks(target, pb2, pb2_grpc):
                 checks.true(f"{what} is refused", False, "but it succeeded")
             except grpc.RpcError as error:
                 checks.equal(f"{what} status", error.code(), grpc.StatusCode.INVALID_ARGUMENT)
+
+        # Several tasks in one call: each answered as its own call would be, in order,
+        # a refused task as its status code (3 = INVALID_ARGUMENT) without failing the rest.
+        batch = stub.ComputeBatch(
+            pb2.BatchRequest(
+                tasks=[
+                    pb2.BatchTask(factorial=pb2.FactorialRequest(n=6)),
+                    pb2.BatchTask(assign_ab=pb2.ABRequest(user_id="user1")),
+                    pb2.BatchTask(process_message=pb2.MessageRequest(text="hello")),
+                    pb2.BatchTask(most_frequent_letter=pb2.TextRequest(text="abracadabra")),
+                    pb2.BatchTask(factorial=pb2.FactorialRequest(n=-1)),
+                ]
+            ),
+            timeout=timeout,
+        )
+        outcomes = [result.WhichOneof("outcome") for result in batch.results]
+        checks.equal(
+            "ComputeBatch outcomes",
+            outcomes,
+            ["factorial", "assign_ab", "process_message", "most_frequent_letter", "error"],
+        )
+        if len(batch.results) == 5:
+            checks.equal("ComputeBatch Factorial(6)", batch.results[0].factorial.result, "720")
+            checks.equal("ComputeBatch AssignAB(user1)", batch.results[1].assign_ab.group, "B")
+            checks.equal(
+                "ComputeBatch ProcessMessage(hello)",
+                batch.results[2].process_message.processed_text,
+                "Processed by server: HELLO",
+            )
+            checks.equal(
+                "ComputeBatch MostFrequentLetter(abracadabra)",
+                (batch.results[3].most_frequent_letter.letter, batch.results[3].most_frequent_letter.count),
+                ("a", 5),
+            )
+            checks.equal(
+                "ComputeBatch Factorial(-1) code",
+                batch.results[4].error.code,
+                grpc.StatusCode.INVALID_ARGUMENT.value[0],
+            )
     return checks
 
 

@@ -46,7 +46,7 @@ def main():
         service = pool.FindServiceByName("message.MessageService")
         methods = sorted(method.name for method in service.methods)
         check(
-            methods == ["AssignAB", "Factorial", "MostFrequentLetter", "ProcessMessage"],
+            methods == ["AssignAB", "ComputeBatch", "Factorial", "MostFrequentLetter", "ProcessMessage"],
             f"v1alpha describes every method ({methods})",
         )
         factorial = service.methods_by_name["Factorial"]
