@@ -23,8 +23,8 @@ use support::metrics::{Exposition, metrics_addr, scrape_parsed, scrape_until};
 use support::rabbit::SHARED_AMQP_URL;
 use support::web::WebSetup;
 use support::{
-    COMMAND_TIMEOUT, READY_TIMEOUT, SERVER_BIN, ServerOptions, free_addr, isolated_command,
-    output_within, run,
+    COMMAND_TIMEOUT, EXIT_TIMEOUT, READY_TIMEOUT, SERVER_BIN, ServerOptions, free_addr,
+    isolated_command, output_within, run,
 };
 use tonic::Code;
 
@@ -267,30 +267,44 @@ fn pipeline_daemons_count_their_work() {
     assert_process_metrics(c, consumer.pid());
     assert_example_alerts_use_exported_names(c);
 
-    // The server saw the 20 answered calls (failed ones never reached it).
+    // The server answered the 20 valid tasks (failed calls never reached it): each in a
+    // unary call of its method or inside a ComputeBatch call, counted there by method.
     let s = scrape_parsed(server_metrics);
-    assert_eq!(
-        s.sum("labmq_server_grpc_calls_total", &[("code", "OK")]),
-        20.0
-    );
     for method in [
         "AssignAB",
         "Factorial",
         "MostFrequentLetter",
         "ProcessMessage",
     ] {
+        let unary = s.sum(
+            "labmq_server_grpc_calls_total",
+            &[
+                ("method", &format!("message.MessageService/{method}")),
+                ("code", "OK"),
+            ],
+        );
+        let batched = s.sum(
+            "labmq_server_batch_tasks_total",
+            &[("method", method), ("code", "OK")],
+        );
         assert_eq!(
-            s.value(
-                "labmq_server_grpc_calls_total",
-                &[
-                    ("method", &format!("message.MessageService/{method}")),
-                    ("code", "OK")
-                ]
-            ),
+            unary + batched,
             5.0,
-            "{method}"
+            "{method}: {unary} unary, {batched} batched"
         );
     }
+    let batches = s.sum(
+        "labmq_server_grpc_calls_total",
+        &[
+            ("method", "message.MessageService/ComputeBatch"),
+            ("code", "OK"),
+        ],
+    );
+    assert_eq!(
+        s.sum("labmq_server_grpc_calls_total", &[("code", "OK")]) - batches
+            + s.sum("labmq_server_batch_tasks_total", &[("code", "OK")]),
+        20.0
+    );
 
     // labmq-web on the same queue and results exchange, metrics on.
     let mut web_setup = WebSetup::for_consumer(&setup);
@@ -490,5 +504,63 @@ fn assert_example_alerts_use_exported_names(consumer: &Exposition) {
             "the example alerts use {name}, which labmq-consumer does not export:\n{}",
             consumer.text
         );
+    }
+}
+
+/// Under load labmq-consumer sends small tasks in `ComputeBatch` calls; a server that
+/// refuses batches (here one with `max_batch_tasks = 1`, as an older server answers
+/// UNIMPLEMENTED) still gets every task, one call each, and the consumer says why.
+#[test]
+fn small_tasks_go_in_batches_and_a_server_refusing_batches_still_answers_every_task() {
+    const TASKS: usize = 1000;
+    for (server_config, batches_allowed) in [("", true), ("max_batch_tasks = 1\n", false)] {
+        let mut server = ServerOptions {
+            config: server_config.into(),
+            args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
+            ..ServerOptions::default()
+        }
+        .start();
+        let server_metrics = metrics_addr(&mut server.daemon, READY_TIMEOUT);
+        let setup = ConsumerSetup::new(SHARED_AMQP_URL, &[server.url()]);
+        let watch = ResultWatch::start(SHARED_AMQP_URL, &setup.results_exchange);
+        let mut consumer = setup.start();
+        let ids = produce_tasks(SHARED_AMQP_URL, &setup.queue, &mixed_tasks(TASKS));
+        let seen = watch.counter.wait_for_all(&ids, WAIT);
+        for (id, (_, document)) in &seen {
+            assert_eq!(document["ok"], true, "{id}: {document}");
+        }
+        let s = scrape_parsed(server_metrics);
+        let batch_method = ("method", "message.MessageService/ComputeBatch");
+        let batches = s.sum(
+            "labmq_server_grpc_calls_total",
+            &[batch_method, ("code", "OK")],
+        );
+        let batched = s.sum("labmq_server_batch_tasks_total", &[("code", "OK")]);
+        let unary = s.sum("labmq_server_grpc_calls_total", &[("code", "OK")]) - batches;
+        assert_eq!(
+            unary + batched,
+            TASKS as f64,
+            "{server_config:?}: {unary} unary, {batched} in {batches} batches"
+        );
+        assert!(consumer.stop(EXIT_TIMEOUT).success());
+        let log = consumer.stderr();
+        if batches_allowed {
+            assert!(
+                batched > batches,
+                "no batch held two tasks: {batched} tasks in {batches} batches"
+            );
+            assert!(!log.contains("refused a batch"), "{log}");
+        } else {
+            let refused = s.sum(
+                "labmq_server_grpc_calls_total",
+                &[batch_method, ("code", "INVALID_ARGUMENT")],
+            );
+            assert!(refused >= 1.0, "no batch was refused");
+            assert_eq!(batched, batches, "only batches of one task are taken");
+            assert!(
+                log.contains("refused a batch") && log.contains("max_batch_tasks"),
+                "{log}"
+            );
+        }
     }
 }

@@ -46,6 +46,9 @@ pub struct ConsumerConfig {
     /// connection carries at most the server's max_concurrent_streams calls at once,
     /// and all its frames go through one I/O task.
     pub grpc_connections: u16,
+    /// Small tasks (factorials up to 2000, texts up to 1 KiB) sent to a server in one
+    /// `ComputeBatch` call at most; 1 sends every task as a call of its own.
+    pub grpc_batch_max_tasks: u16,
     /// Larger bodies are dead-lettered unread.
     pub max_body_bytes: usize,
     /// A body with more tasks is dead-lettered before any runs.
@@ -84,10 +87,11 @@ impl Default for ConsumerConfig {
             grpc_ca_file: PathBuf::new(),
             grpc_cert_file: PathBuf::new(),
             grpc_key_file: PathBuf::new(),
-            prefetch: 128,
-            concurrency: 64,
+            prefetch: 256,
+            concurrency: 128,
             publish_channels: 2,
-            grpc_connections: 2,
+            grpc_connections: 1,
+            grpc_batch_max_tasks: 64,
             max_body_bytes: 2 * 1024 * 1024,
             max_tasks_per_message: 1000,
             max_result_bytes_per_message: 8 * 1024 * 1024,
@@ -147,6 +151,9 @@ impl Service for ConsumerConfig {
         check_positive("concurrency", self.concurrency as u64)?;
         check_range("publish_channels", self.publish_channels, 1, 64)?;
         check_range("grpc_connections", self.grpc_connections, 1, 64)?;
+        // labmq-server's max_batch_tasks is 256 by default; a larger batch it refuses
+        // (the tasks then go one call each), so more buys nothing.
+        check_range("grpc_batch_max_tasks", self.grpc_batch_max_tasks, 1, 1024)?;
         check_positive("max_body_bytes", self.max_body_bytes as u64)?;
         check_positive("max_tasks_per_message", self.max_tasks_per_message as u64)?;
         check_positive(
@@ -281,11 +288,11 @@ pub struct ConsumerFlags {
     #[arg(long = "grpc-key", value_name = "FILE")]
     #[serde(rename = "grpc_key_file", skip_serializing_if = "Option::is_none")]
     pub grpc_key_file: Option<PathBuf>,
-    /// Tasks processed at once (key `concurrency`) [default: 64]
+    /// Tasks processed at once (key `concurrency`) [default: 128]
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
-    /// Deliveries prefetched ahead of acks (key `prefetch`) [default: 128]
+    /// Deliveries prefetched ahead of acks (key `prefetch`) [default: 256]
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefetch: Option<u16>,
@@ -390,6 +397,19 @@ mod tests {
                 jail.create_file("consumer.toml", &format!("{key} = 64\n"))?;
                 assert!(load_consumer().is_ok(), "{key} = 64");
             }
+            for value in ["0", "1025"] {
+                jail.create_file(
+                    "consumer.toml",
+                    &format!("grpc_batch_max_tasks = {value}\n"),
+                )?;
+                let err = load_consumer().unwrap_err().to_string();
+                assert!(
+                    err.contains("grpc_batch_max_tasks") && err.contains("1..=1024"),
+                    "{err}"
+                );
+            }
+            jail.create_file("consumer.toml", "grpc_batch_max_tasks = 1\n")?;
+            assert!(load_consumer().is_ok(), "grpc_batch_max_tasks = 1");
             Ok(())
         });
     }

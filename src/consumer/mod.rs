@@ -64,6 +64,7 @@ pub async fn run(
             request_timeout: Duration::from_secs(config.grpc_timeout_secs),
             tls: config.grpc_tls()?,
             connections: config.grpc_connections.into(),
+            batch_max_tasks: config.grpc_batch_max_tasks.into(),
             ..ClientOptions::default()
         },
     )?);

@@ -11,6 +11,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use super::MAX_RESPONSE_BYTES;
+use super::batch::Batcher;
 use super::proto::{
     AbRequest, FactorialRequest, MessageRequest, TextRequest,
     message_service_client::MessageServiceClient,
@@ -161,6 +162,8 @@ pub struct ClientOptions {
     pub tls: Option<ClientTlsConfig>,
     /// HTTP/2 connections to each address (at least 1).
     pub connections: usize,
+    /// Small tasks per `ComputeBatch` call at most; below 2, every task is a call.
+    pub batch_max_tasks: usize,
 }
 
 impl Default for ClientOptions {
@@ -170,6 +173,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(30),
             tls: None,
             connections: 1,
+            batch_max_tasks: 0,
         }
     }
 }
@@ -179,6 +183,7 @@ struct Target {
     clients: Vec<MessageServiceClient<Channel>>,
     next: AtomicUsize,
     down_until: Mutex<Option<Instant>>,
+    batcher: Option<Batcher>,
 }
 
 impl Target {
@@ -288,13 +293,17 @@ impl ComputeClient {
         let targets = targets
             .iter()
             .map(|t| {
-                endpoint(t, options).map(|e| Target {
+                endpoint(t, options).map(|e| {
                     // Each connect_lazy() is a connection of its own.
-                    clients: (0..options.connections.max(1))
+                    let clients: Vec<_> = (0..options.connections.max(1))
                         .map(|_| wrap(e.connect_lazy()))
-                        .collect(),
-                    next: AtomicUsize::new(0),
-                    down_until: Mutex::new(None),
+                        .collect();
+                    Target {
+                        batcher: Batcher::new(options.batch_max_tasks, &clients),
+                        clients,
+                        next: AtomicUsize::new(0),
+                        down_until: Mutex::new(None),
+                    }
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -387,7 +396,15 @@ impl ComputeClient {
 impl Target {
     /// One call; marks the address down after a transient failure, up after an answer.
     async fn call(&self, task: &Task) -> Result<TaskOutput, CallError> {
-        match call(self.client(), task).await {
+        let batched = match &self.batcher {
+            Some(batcher) => batcher.call(task).await,
+            None => None,
+        };
+        let answer = match batched {
+            Some(answer) => answer,
+            None => call(self.client(), task).await,
+        };
+        match answer {
             Ok(output) => {
                 self.mark(false);
                 Ok(output)
@@ -401,7 +418,7 @@ impl Target {
     }
 }
 
-async fn call(
+pub(super) async fn call(
     mut client: MessageServiceClient<Channel>,
     task: &Task,
 ) -> Result<TaskOutput, Status> {

@@ -2,6 +2,7 @@
 //! balancing client that `labmq-consumer` and `labmq-call` use. The server is
 //! [`crate::server`].
 
+mod batch;
 pub(crate) mod client;
 
 /// Code generated from `proto/message_service.proto` by build.rs.
