@@ -16,14 +16,13 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use super::BATCH_FACTORIAL_MAX_N;
 use super::proto::{
     AbRequest, BatchRequest, BatchResult, BatchTask, FactorialRequest, MessageRequest, TextRequest,
     batch_result::Outcome, batch_task::Kind, message_service_client::MessageServiceClient,
 };
 use crate::task::{Task, TaskOutput};
 
-/// Largest factorial sent in a batch: labmq-server's `BATCH_FACTORIAL_MAX_N`.
-const BATCH_FACTORIAL_MAX_N: i64 = 2_000;
 /// Texts and user ids longer than this go as unary calls of their own.
 const BATCH_TEXT_MAX_BYTES: usize = 1024;
 /// A batch's request stays under this, inside any labmq-server's decoding limit (which

@@ -9,6 +9,7 @@ use super::metrics::ServerMetrics;
 use super::pool::{ComputePool, PoolError};
 use super::throttle::Throttled;
 use crate::compute::{self, AbSplitter};
+use crate::grpc::BATCH_FACTORIAL_MAX_N;
 use crate::grpc::proto::{
     AbRequest, AbResponse, BatchRequest, BatchResponse, BatchResult, BatchTask, FactorialRequest,
     FactorialResponse, LetterResponse, MessageRequest, MessageResponse, TaskError, TextRequest,
@@ -20,9 +21,6 @@ use crate::task::truncate;
 const LOGGED_PAYLOAD_CHARS: usize = 200;
 /// Below this `n` a factorial costs microseconds; above it, it goes to the compute pool.
 const INLINE_FACTORIAL_MAX_N: u64 = 2_000;
-/// Largest `n` a `Factorial` inside a `ComputeBatch` takes (5,736 digits): with
-/// `max_batch_tasks` it bounds a batch's answer. Larger ones are unary calls of their own.
-pub const BATCH_FACTORIAL_MAX_N: i64 = INLINE_FACTORIAL_MAX_N as i64;
 /// Texts and user ids up to this size are handled inline (well under a millisecond);
 /// longer ones go to the compute pool.
 const INLINE_TEXT_MAX_BYTES: usize = 64 * 1024;
