@@ -86,41 +86,48 @@ impl ComputeService {
 impl ComputeService {
     /// One task of a batch, answered as the unary method of its kind would answer it.
     async fn batch_task(&self, task: BatchTask) -> BatchResult {
-        let method = match &task.kind {
-            None => "none",
-            Some(Kind::ProcessMessage(_)) => "ProcessMessage",
-            Some(Kind::AssignAb(_)) => "AssignAB",
-            Some(Kind::Factorial(_)) => "Factorial",
-            Some(Kind::MostFrequentLetter(_)) => "MostFrequentLetter",
-        };
-        let outcome = match task.kind {
-            None => Err(invalid(
-                "ComputeBatch",
-                "a task of the batch has no kind (process_message, assign_ab, factorial or most_frequent_letter)",
-            )),
-            Some(Kind::ProcessMessage(request)) => self
-                .process_message(Request::new(request))
-                .await
-                .map(|r| Outcome::ProcessMessage(r.into_inner())),
-            Some(Kind::AssignAb(request)) => self
-                .assign_ab(Request::new(request))
-                .await
-                .map(|r| Outcome::AssignAb(r.into_inner())),
-            Some(Kind::Factorial(request)) if request.n > BATCH_FACTORIAL_MAX_N => Err(invalid(
-                "ComputeBatch",
-                format!(
-                    "n = {} is over {BATCH_FACTORIAL_MAX_N}, the largest factorial a batch takes; call Factorial for it",
-                    request.n
-                ),
-            )),
-            Some(Kind::Factorial(request)) => self
-                .factorial(Request::new(request))
-                .await
-                .map(|r| Outcome::Factorial(r.into_inner())),
-            Some(Kind::MostFrequentLetter(request)) => self
-                .most_frequent_letter(Request::new(request))
-                .await
-                .map(|r| Outcome::MostFrequentLetter(r.into_inner())),
+        let (method, outcome) = match task.kind {
+            None => (
+                "none",
+                Err(invalid(
+                    "ComputeBatch",
+                    "a task of the batch has no kind (process_message, assign_ab, factorial or most_frequent_letter)",
+                )),
+            ),
+            Some(Kind::ProcessMessage(request)) => (
+                "ProcessMessage",
+                self.process_message(Request::new(request))
+                    .await
+                    .map(|r| Outcome::ProcessMessage(r.into_inner())),
+            ),
+            Some(Kind::AssignAb(request)) => (
+                "AssignAB",
+                self.assign_ab(Request::new(request))
+                    .await
+                    .map(|r| Outcome::AssignAb(r.into_inner())),
+            ),
+            Some(Kind::Factorial(request)) if request.n > BATCH_FACTORIAL_MAX_N => (
+                "Factorial",
+                Err(invalid(
+                    "ComputeBatch",
+                    format!(
+                        "n = {} is over {BATCH_FACTORIAL_MAX_N}, the largest factorial a batch takes; call Factorial for it",
+                        request.n
+                    ),
+                )),
+            ),
+            Some(Kind::Factorial(request)) => (
+                "Factorial",
+                self.factorial(Request::new(request))
+                    .await
+                    .map(|r| Outcome::Factorial(r.into_inner())),
+            ),
+            Some(Kind::MostFrequentLetter(request)) => (
+                "MostFrequentLetter",
+                self.most_frequent_letter(Request::new(request))
+                    .await
+                    .map(|r| Outcome::MostFrequentLetter(r.into_inner())),
+            ),
         };
         self.metrics.batch_task(
             method,
