@@ -9,7 +9,7 @@
 //! one with a lower `max_batch_tasks` `INVALID_ARGUMENT`) gets those tasks as unary calls
 //! and no batches for [`REFUSED_PAUSE`]; the answers are the same either way.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -17,10 +17,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::BATCH_FACTORIAL_MAX_N;
-use super::proto::{
-    AbRequest, BatchRequest, BatchResult, BatchTask, FactorialRequest, MessageRequest, TextRequest,
-    batch_result::Outcome, batch_task::Kind, message_service_client::MessageServiceClient,
-};
+use super::client::{Holdoff, request, task_output};
+use super::proto::{BatchRequest, BatchTask, message_service_client::MessageServiceClient};
 use crate::task::{Task, TaskOutput};
 
 /// Texts and user ids longer than this go as unary calls of their own.
@@ -54,7 +52,7 @@ pub(super) struct Batcher {
     clients: Vec<Client>,
     /// Started on first use, so it runs on the caller's runtime.
     queue: OnceLock<mpsc::Sender<Pending>>,
-    refused_until: Arc<Mutex<Option<Instant>>>,
+    refused: Arc<Holdoff>,
 }
 
 impl Batcher {
@@ -64,7 +62,7 @@ impl Batcher {
             max_tasks,
             clients: clients.to_vec(),
             queue: OnceLock::new(),
-            refused_until: Arc::new(Mutex::new(None)),
+            refused: Arc::default(),
         })
     }
 
@@ -72,7 +70,7 @@ impl Batcher {
     /// server refuses batches for now): the caller makes a unary call.
     pub(super) async fn call(&self, task: &Task) -> Option<Result<TaskOutput, Status>> {
         let bytes = batch_bytes(task)?;
-        if is_paused(&self.refused_until) {
+        if self.refused.is_on(Instant::now()) {
             return None;
         }
         let queue = self.queue.get_or_init(|| {
@@ -81,7 +79,7 @@ impl Batcher {
                 receiver,
                 self.clients.clone(),
                 self.max_tasks,
-                self.refused_until.clone(),
+                self.refused.clone(),
             ));
             sender
         });
@@ -101,13 +99,6 @@ impl Batcher {
     }
 }
 
-fn is_paused(until: &Mutex<Option<Instant>>) -> bool {
-    until
-        .lock()
-        .map(|until| until.is_some_and(|t| t > Instant::now()))
-        .unwrap_or(false)
-}
-
 /// The task's share of a batch request, or `None` if it is not one for a batch.
 fn batch_bytes(task: &Task) -> Option<usize> {
     let text = match task {
@@ -123,7 +114,7 @@ async fn dispatch(
     mut queue: mpsc::Receiver<Pending>,
     clients: Vec<Client>,
     max_tasks: usize,
-    refused_until: Arc<Mutex<Option<Instant>>>,
+    refused: Arc<Holdoff>,
 ) {
     let slots = Arc::new(Semaphore::new(clients.len() * BATCHES_PER_CONNECTION));
     let mut carried: Option<Pending> = None;
@@ -155,18 +146,23 @@ async fn dispatch(
             return;
         };
         next_client = next_client.wrapping_add(1);
-        let refused_until = refused_until.clone();
+        let refused = refused.clone();
         tokio::spawn(async move {
-            send(client, batch, &refused_until).await;
+            send(client, batch, &refused).await;
             drop(slot);
         });
     }
 }
 
 /// One `ComputeBatch` call, its answers handed to the callers.
-async fn send(mut client: Client, batch: Vec<Pending>, refused_until: &Mutex<Option<Instant>>) {
+async fn send(mut client: Client, batch: Vec<Pending>, refused: &Holdoff) {
     let request = BatchRequest {
-        tasks: batch.iter().map(|p| batch_task(&p.task)).collect(),
+        tasks: batch
+            .iter()
+            .map(|p| BatchTask {
+                kind: Some(request(&p.task)),
+            })
+            .collect(),
     };
     match client.compute_batch(request).await {
         Ok(response) => {
@@ -183,7 +179,9 @@ async fn send(mut client: Client, batch: Vec<Pending>, refused_until: &Mutex<Opt
                 return;
             }
             for (pending, result) in batch.into_iter().zip(results) {
-                let _ = pending.reply.send(task_output(&pending.task, result));
+                let _ = pending
+                    .reply
+                    .send(task_output(&pending.task, result.outcome));
             }
         }
         Err(status) if is_refusal(&status) => {
@@ -194,9 +192,7 @@ async fn send(mut client: Client, batch: Vec<Pending>, refused_until: &Mutex<Opt
                 status.message(),
                 REFUSED_PAUSE.as_secs()
             );
-            if let Ok(mut until) = refused_until.lock() {
-                *until = Some(Instant::now() + REFUSED_PAUSE);
-            }
+            refused.set(Some(REFUSED_PAUSE));
             for pending in batch {
                 let answer = super::client::call(client.clone(), &pending.task).await;
                 let _ = pending.reply.send(answer);
@@ -220,56 +216,11 @@ fn is_refusal(status: &Status) -> bool {
         )
 }
 
-fn batch_task(task: &Task) -> BatchTask {
-    let kind = match task {
-        Task::Factorial(n) => Kind::Factorial(FactorialRequest { n: *n }),
-        Task::FrequentLetter(text) => Kind::MostFrequentLetter(TextRequest { text: text.clone() }),
-        Task::Upper(text) => Kind::ProcessMessage(MessageRequest { text: text.clone() }),
-        Task::Ab(user_id) => Kind::AssignAb(AbRequest {
-            user_id: user_id.clone(),
-        }),
-    };
-    BatchTask { kind: Some(kind) }
-}
-
-/// A task's answer from its batch result; an answer of another kind is the server's
-/// error, not the task's.
-fn task_output(task: &Task, result: BatchResult) -> Result<TaskOutput, Status> {
-    match (task, result.outcome) {
-        (_, Some(Outcome::Error(error))) => Err(match Code::from(error.code) {
-            Code::Ok => Status::internal(format!(
-                "the server answered task {task} with an error of code OK: {}",
-                error.message
-            )),
-            code => Status::new(code, error.message),
-        }),
-        (Task::Factorial(_), Some(Outcome::Factorial(reply))) => Ok(TaskOutput::Factorial {
-            result: reply.result,
-        }),
-        (Task::FrequentLetter(_), Some(Outcome::MostFrequentLetter(reply))) => {
-            Ok(TaskOutput::FrequentLetter {
-                letter: reply.letter,
-                count: reply.count,
-            })
-        }
-        (Task::Upper(_), Some(Outcome::ProcessMessage(reply))) => Ok(TaskOutput::Upper {
-            processed_text: reply.processed_text,
-        }),
-        (Task::Ab(_), Some(Outcome::AssignAb(reply))) => Ok(TaskOutput::Ab { group: reply.group }),
-        (_, other) => Err(Status::internal(format!(
-            "the server answered task {task} with {}",
-            match other {
-                None => "no result",
-                Some(_) => "a result of another kind",
-            }
-        ))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grpc::proto::{FactorialResponse, TaskError};
+    use crate::grpc::proto::batch_result::Outcome;
+    use crate::grpc::proto::{BatchResult, FactorialResponse, TaskError};
 
     #[test]
     fn only_small_tasks_go_in_batches() {
@@ -285,12 +236,12 @@ mod tests {
             outcome: Some(Outcome::Factorial(FactorialResponse { result: "6".into() })),
         };
         assert!(matches!(
-            task_output(&Task::Factorial(3), factorial.clone()),
+            task_output(&Task::Factorial(3), factorial.clone().outcome),
             Ok(TaskOutput::Factorial { result }) if result == "6"
         ));
-        let wrong = task_output(&Task::Upper("a".into()), factorial).unwrap_err();
+        let wrong = task_output(&Task::Upper("a".into()), factorial.outcome).unwrap_err();
         assert_eq!(wrong.code(), Code::Internal);
-        let none = task_output(&Task::Ab("u".into()), BatchResult { outcome: None }).unwrap_err();
+        let none = task_output(&Task::Ab("u".into()), None).unwrap_err();
         assert_eq!(none.code(), Code::Internal);
         let error = BatchResult {
             outcome: Some(Outcome::Error(TaskError {
@@ -298,7 +249,7 @@ mod tests {
                 message: "n".into(),
             })),
         };
-        let status = task_output(&Task::Factorial(-1), error).unwrap_err();
+        let status = task_output(&Task::Factorial(-1), error.outcome).unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
         // A code this side does not know stays an error, not a success.
         let odd = BatchResult {
@@ -307,14 +258,14 @@ mod tests {
                 message: "?".into(),
             })),
         };
-        assert!(task_output(&Task::Factorial(1), odd).is_err());
+        assert!(task_output(&Task::Factorial(1), odd.outcome).is_err());
         let ok_error = BatchResult {
             outcome: Some(Outcome::Error(TaskError {
                 code: 0,
                 message: "?".into(),
             })),
         };
-        let status = task_output(&Task::Factorial(1), ok_error).unwrap_err();
+        let status = task_output(&Task::Factorial(1), ok_error.outcome).unwrap_err();
         assert_eq!(status.code(), Code::Internal);
     }
 

@@ -13,8 +13,8 @@ use tonic::{Code, Status};
 use super::MAX_RESPONSE_BYTES;
 use super::batch::Batcher;
 use super::proto::{
-    AbRequest, FactorialRequest, MessageRequest, TextRequest,
-    message_service_client::MessageServiceClient,
+    AbRequest, FactorialRequest, MessageRequest, TextRequest, batch_result::Outcome,
+    batch_task::Kind, message_service_client::MessageServiceClient,
 };
 use crate::task::{ErrorInfo, Task, TaskOutput};
 
@@ -178,11 +178,32 @@ impl Default for ClientOptions {
     }
 }
 
+/// A time until which something is held off: an address that just failed, batches to a
+/// server that refused them.
+#[derive(Default)]
+pub(super) struct Holdoff(Mutex<Option<Instant>>);
+
+impl Holdoff {
+    pub(super) fn is_on(&self, now: Instant) -> bool {
+        self.0
+            .lock()
+            .map(|until| until.is_some_and(|t| t > now))
+            .unwrap_or(false)
+    }
+
+    /// Holds off for `period` from now; `None` lifts it.
+    pub(super) fn set(&self, period: Option<Duration>) {
+        if let Ok(mut until) = self.0.lock() {
+            *until = period.map(|period| Instant::now() + period);
+        }
+    }
+}
+
 struct Target {
     /// One client per connection; never empty.
     clients: Vec<MessageServiceClient<Channel>>,
     next: AtomicUsize,
-    down_until: Mutex<Option<Instant>>,
+    down: Holdoff,
     batcher: Option<Batcher>,
 }
 
@@ -193,16 +214,11 @@ impl Target {
     }
 
     fn is_down(&self, now: Instant) -> bool {
-        self.down_until
-            .lock()
-            .map(|until| until.is_some_and(|t| t > now))
-            .unwrap_or(false)
+        self.down.is_on(now)
     }
 
     fn mark(&self, down: bool) {
-        if let Ok(mut until) = self.down_until.lock() {
-            *until = down.then(|| Instant::now() + DOWN_BACKOFF);
-        }
+        self.down.set(down.then_some(DOWN_BACKOFF));
     }
 }
 
@@ -302,7 +318,7 @@ impl ComputeClient {
                         batcher: Batcher::new(options.batch_max_tasks, &clients),
                         clients,
                         next: AtomicUsize::new(0),
-                        down_until: Mutex::new(None),
+                        down: Holdoff::default(),
                     }
                 })
             })
@@ -418,45 +434,70 @@ impl Target {
     }
 }
 
+/// One unary call of `task`'s method.
 pub(super) async fn call(
     mut client: MessageServiceClient<Channel>,
     task: &Task,
 ) -> Result<TaskOutput, Status> {
-    Ok(match task {
-        Task::Factorial(n) => TaskOutput::Factorial {
-            result: client
-                .factorial(FactorialRequest { n: *n })
-                .await?
-                .into_inner()
-                .result,
-        },
-        Task::FrequentLetter(text) => {
-            let reply = client
-                .most_frequent_letter(TextRequest { text: text.clone() })
-                .await?
-                .into_inner();
-            TaskOutput::FrequentLetter {
+    let outcome = match request(task) {
+        Kind::Factorial(request) => {
+            Outcome::Factorial(client.factorial(request).await?.into_inner())
+        }
+        Kind::MostFrequentLetter(request) => {
+            Outcome::MostFrequentLetter(client.most_frequent_letter(request).await?.into_inner())
+        }
+        Kind::ProcessMessage(request) => {
+            Outcome::ProcessMessage(client.process_message(request).await?.into_inner())
+        }
+        Kind::AssignAb(request) => Outcome::AssignAb(client.assign_ab(request).await?.into_inner()),
+    };
+    task_output(task, Some(outcome))
+}
+
+/// `task` as the request of its method, in the form a `ComputeBatch` carries it.
+pub(super) fn request(task: &Task) -> Kind {
+    match task {
+        Task::Factorial(n) => Kind::Factorial(FactorialRequest { n: *n }),
+        Task::FrequentLetter(text) => Kind::MostFrequentLetter(TextRequest { text: text.clone() }),
+        Task::Upper(text) => Kind::ProcessMessage(MessageRequest { text: text.clone() }),
+        Task::Ab(user_id) => Kind::AssignAb(AbRequest {
+            user_id: user_id.clone(),
+        }),
+    }
+}
+
+/// `task`'s answer from what the server answered for it; an answer of another kind (or
+/// none, or an error coded OK) is the server's error, not the task's.
+pub(super) fn task_output(task: &Task, outcome: Option<Outcome>) -> Result<TaskOutput, Status> {
+    match (task, outcome) {
+        (_, Some(Outcome::Error(error))) => Err(match Code::from(error.code) {
+            Code::Ok => Status::internal(format!(
+                "the server answered task {task} with an error of code OK: {}",
+                error.message
+            )),
+            code => Status::new(code, error.message),
+        }),
+        (Task::Factorial(_), Some(Outcome::Factorial(reply))) => Ok(TaskOutput::Factorial {
+            result: reply.result,
+        }),
+        (Task::FrequentLetter(_), Some(Outcome::MostFrequentLetter(reply))) => {
+            Ok(TaskOutput::FrequentLetter {
                 letter: reply.letter,
                 count: reply.count,
-            }
+            })
         }
-        Task::Upper(text) => TaskOutput::Upper {
-            processed_text: client
-                .process_message(MessageRequest { text: text.clone() })
-                .await?
-                .into_inner()
-                .processed_text,
-        },
-        Task::Ab(user_id) => TaskOutput::Ab {
-            group: client
-                .assign_ab(AbRequest {
-                    user_id: user_id.clone(),
-                })
-                .await?
-                .into_inner()
-                .group,
-        },
-    })
+        (Task::Upper(_), Some(Outcome::ProcessMessage(reply))) => Ok(TaskOutput::Upper {
+            processed_text: reply.processed_text,
+        }),
+        (Task::Ab(_), Some(Outcome::AssignAb(reply))) => Ok(TaskOutput::Ab { group: reply.group }),
+        (_, other) => Err(Status::internal(format!(
+            "the server answered task {task} with {}",
+            match other {
+                None => "no result",
+                Some(_) => "a result of another kind",
+            }
+        ))),
+    }
 }
 
 #[cfg(test)]
