@@ -13,15 +13,22 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# A root made once by `debootstrap --no-check-gpg ARGS... DIR` and kept (ARGS end with the
-# suite). DIR is made again when it is missing or was made with other ARGS, which DIR.stamp
-# records beside it (not in it: e2e's purge check looks for any 'labmq' file inside). The
-# log is DIR.debootstrap.log; on failure its tail goes to stderr and the status is 1.
-# Says on stderr which of the two it did.
+# A root made once by `debootstrap --no-check-gpg ARGS... DIR [MIRROR [SCRIPT]]` and kept:
+# `cached_debootstrap DIR ARGS... [-- MIRROR [SCRIPT]]`, ARGS ending with the suite; what
+# follows `--` goes after DIR (a suite this host's debootstrap has no script for names
+# the script of a kin, e.g. /usr/share/debootstrap/scripts/sid for forky). DIR is made
+# again when it is missing or was made with other arguments, which DIR.stamp records
+# beside it (not in it: e2e's purge check looks for any 'labmq' file inside). The log is
+# DIR.debootstrap.log; on failure its tail goes to stderr and the status is 1. Says on
+# stderr which of the two it did.
 cached_debootstrap() {
   local dir=$1
   shift
-  local marker="debootstrap $*" stamp=$dir.stamp log=$dir.debootstrap.log
+  local before=() after=()
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do before+=("$1"); shift; done
+  [ $# -eq 0 ] || { shift; after=("$@"); }
+  set -- "${before[@]}"
+  local marker="debootstrap $*${after[*]:+ -- ${after[*]}}" stamp=$dir.stamp log=$dir.debootstrap.log
   if [ -d "$dir" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$marker" ]; then
     echo "reusing $dir ($(du -sh "$dir" | cut -f1))" >&2
     return 0
@@ -29,7 +36,7 @@ cached_debootstrap() {
   rm -rf "$dir" "$dir.partial" "$stamp"
   mkdir -p "$(dirname "$dir")"
   echo "$marker into $dir (once per machine; a few minutes)" >&2
-  if ! debootstrap --no-check-gpg "$@" "$dir.partial" >"$log" 2>&1; then
+  if ! debootstrap --no-check-gpg "$@" "$dir.partial" "${after[@]}" >"$log" 2>&1; then
     tail -5 "$log" >&2
     return 1
   fi
