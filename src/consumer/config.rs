@@ -60,6 +60,13 @@ pub struct ConsumerConfig {
     /// overloaded, died mid-call) before the message is dead-lettered. Outages, where the
     /// call never reached a server, do not count: those tasks wait.
     pub max_attempts: u32,
+    /// Deliveries of one message, as the broker counts them in `x-delivery-count`
+    /// (quorum queues), before the consumer dead-letters it unprocessed (DELIVERY_LIMIT):
+    /// a quorum queue drops a message at its own delivery limit (20 by default on
+    /// RabbitMQ 4) unless it has a dead-letter target, and every consumer killed or
+    /// stopped while holding the message may count as a delivery. Keep it at or below the
+    /// queue's delivery-limit; classic queues have no count, so it never applies to them.
+    pub delivery_limit: u32,
     /// Deadline of one gRPC call.
     pub grpc_timeout_secs: u64,
     /// First and longest wait between retries of a task whose server is unavailable.
@@ -96,6 +103,7 @@ impl Default for ConsumerConfig {
             max_tasks_per_message: 1000,
             max_result_bytes_per_message: 8 * 1024 * 1024,
             max_attempts: 5,
+            delivery_limit: 20,
             grpc_timeout_secs: 30,
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
@@ -161,6 +169,7 @@ impl Service for ConsumerConfig {
             self.max_result_bytes_per_message as u64,
         )?;
         check_positive("max_attempts", self.max_attempts.into())?;
+        check_range("delivery_limit", self.delivery_limit, 1, 10_000)?;
         check_positive("grpc_timeout_secs", self.grpc_timeout_secs)?;
         if self.retry_initial_ms == 0 || self.retry_initial_ms > self.retry_max_ms {
             return invalid(

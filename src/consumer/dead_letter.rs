@@ -11,6 +11,9 @@
 //!   `x-labmq-original-expiration`;
 //! - the `CC`/`BCC` headers: sender-selected routing would copy the dead letter into the
 //!   queues they name;
+//! - the broker's delivery counts (`x-delivery-count`, `x-acquired-count`): a copy sent
+//!   back to the task queue would otherwise arrive counted as the original left, and be
+//!   dead-lettered again at once at `delivery_limit`; kept as `x-labmq-delivery-count`;
 //! - the original headers altogether when, with ours added, they would no longer fit in
 //!   one content header frame (`frame_max`): the broker would close the connection.
 
@@ -19,6 +22,7 @@ use std::collections::BTreeMap;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
+use super::handle::DELIVERY_COUNT_HEADER;
 use crate::amqp::publish::{PERSISTENT, header};
 use crate::task::{ErrorInfo, now_rfc3339, truncate};
 
@@ -41,6 +45,8 @@ pub fn dead_letter_properties(
         .unwrap_or_default();
     table.remove("CC");
     table.remove("BCC");
+    let delivery_count = table.remove(DELIVERY_COUNT_HEADER);
+    table.remove("x-acquired-count");
     let mut headers = FieldTable::from(table);
     let budget = (frame_max as usize).saturating_sub(RESERVED_BYTES);
     let size = encoded_table_bytes(&headers);
@@ -62,6 +68,9 @@ pub fn dead_letter_properties(
     );
     header(&mut headers, "x-labmq-original-queue", original_queue);
     header(&mut headers, "x-labmq-dead-lettered-at", now_rfc3339());
+    if let Some(count) = delivery_count {
+        headers.insert("x-labmq-delivery-count".into(), count);
+    }
     if let Some(user) = original.user_id() {
         header(&mut headers, "x-labmq-original-user-id", user.as_str());
     }

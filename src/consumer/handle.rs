@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lapin::types::{AMQPValue, FieldTable};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +50,9 @@ pub struct Handler {
     pub client: Arc<ComputeClient>,
     pub retry: RetryPolicy,
     pub limits: Limits,
+    /// `delivery_limit`: the delivery (as the broker counts them) at which a message is
+    /// dead-lettered unprocessed.
+    pub delivery_limit: u32,
     pub status: Arc<StatusBoard>,
     pub shutdown: CancellationToken,
     pub metrics: ConsumerMetrics,
@@ -239,6 +243,35 @@ fn task_text_bytes(task: &Task) -> usize {
     }
 }
 
+/// The header in which quorum queues count a message's earlier deliveries (returns to
+/// the queue: a requeue, a consumer's channel or connection closing while it held the
+/// message). RabbitMQ 4.3 counts only the returns it takes for failures (`basic.reject`,
+/// a closed channel), not `basic.nack` or a consumer timeout.
+pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
+/// How many times the message was delivered before this delivery, as the broker counts
+/// them in [`DELIVERY_COUNT_HEADER`]: 0 when the header is absent (a first delivery, a
+/// classic queue), or not a non-negative integer (a publisher's own header of that name
+/// on a classic queue, which no broker would send).
+pub fn earlier_deliveries(headers: Option<&FieldTable>) -> u32 {
+    let Some(value) = headers.and_then(|h| h.inner().get(DELIVERY_COUNT_HEADER)) else {
+        return 0;
+    };
+    let count: Option<i128> = match value {
+        AMQPValue::ShortShortInt(n) => Some((*n).into()),
+        AMQPValue::ShortShortUInt(n) => Some((*n).into()),
+        AMQPValue::ShortInt(n) => Some((*n).into()),
+        AMQPValue::ShortUInt(n) => Some((*n).into()),
+        AMQPValue::LongInt(n) => Some((*n).into()),
+        AMQPValue::LongUInt(n) => Some((*n).into()),
+        AMQPValue::LongLongInt(n) => Some((*n).into()),
+        _ => None,
+    };
+    count
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or_default()
+}
+
 /// The intended kind of a task, from its prefix, even when it did not parse.
 fn intended_kind(item: &str) -> Option<TaskKind> {
     let item = item.trim_start();
@@ -255,15 +288,16 @@ fn intended_kind(item: &str) -> Option<TaskKind> {
     }
 }
 
-/// The single failure result and dead-letter reason of a message refused as a whole.
-pub fn refusal(message_id: &str, refused: Refused, started: Instant) -> Verdict {
+/// The single failure result and dead-letter reason of a message refused as a whole,
+/// after `attempts` (its earlier deliveries).
+pub fn refusal(message_id: &str, refused: Refused, started: Instant, attempts: u32) -> Verdict {
     Verdict::Done {
         results: vec![ResultDocument::failure(
             message_id.to_owned(),
             &refused.task,
             None,
             refused.error.clone(),
-            0,
+            attempts,
             elapsed_ms(started),
         )],
         dead_letter: Some(refused.error),
@@ -271,17 +305,36 @@ pub fn refusal(message_id: &str, refused: Refused, started: Instant) -> Verdict 
 }
 
 impl Handler {
-    /// Handles a body that is a comma list of tasks.
+    /// Handles a body that is a comma list of tasks, on its first delivery.
     pub async fn handle(&self, message_id: &str, body: &[u8]) -> Verdict {
-        self.handle_body(message_id, body, false).await
+        self.handle_body(message_id, body, false, 0).await
     }
 
-    /// Handles a body; `one_task`: see [`plan_body`].
-    pub async fn handle_body(&self, message_id: &str, body: &[u8], one_task: bool) -> Verdict {
+    /// Handles a body; `one_task`: see [`plan_body`]; `earlier`: the message's earlier
+    /// deliveries ([`earlier_deliveries`]), which count as attempts of each of its tasks.
+    pub async fn handle_body(
+        &self,
+        message_id: &str,
+        body: &[u8],
+        one_task: bool,
+        earlier: u32,
+    ) -> Verdict {
         let started = Instant::now();
+        if earlier.saturating_add(1) >= self.delivery_limit {
+            let refused = Refused::new(
+                codes::DELIVERY_LIMIT,
+                format!(
+                    "delivered {} times without being settled (x-delivery-count {earlier}): consumers were stopped or killed while they held it; dead-lettered unprocessed at delivery_limit ({}) so that the queue's own delivery limit cannot drop it; requeue it from the dead-letter queue once the cause is fixed",
+                    earlier.saturating_add(1),
+                    self.delivery_limit
+                ),
+                String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            );
+            return refusal(message_id, refused, started, earlier);
+        }
         let planned = match plan_body(message_id, body, &self.limits, one_task) {
             Ok(planned) => planned,
-            Err(refused) => return refusal(message_id, refused, started),
+            Err(refused) => return refusal(message_id, refused, started, earlier),
         };
         let total = planned.len();
         let mut results = Vec::with_capacity(total);
@@ -289,7 +342,7 @@ impl Handler {
         let mut result_bytes = 0usize;
         for (done, Planned { id, item, parsed }) in planned.into_iter().enumerate() {
             let task_started = Instant::now();
-            let document = match parsed {
+            let mut document = match parsed {
                 Err(e) => invalid_task(id, &item, &e, task_started),
                 Ok(task) => match self.run_with_retry(&task).await {
                     None => return Verdict::Abandoned,
@@ -310,6 +363,8 @@ impl Handler {
                     ),
                 },
             };
+            // Earlier deliveries were attempts too, whoever made them.
+            document.attempts = document.attempts.saturating_add(earlier);
             // The estimate in `plan` is the first line; this one holds whatever the
             // server really sent (a server with other limits, a longer answer).
             result_bytes = result_bytes.saturating_add(document.to_json().len());
@@ -323,7 +378,7 @@ impl Handler {
                     ),
                     String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
                 );
-                return refusal(message_id, refused, started);
+                return refusal(message_id, refused, started, earlier);
             }
             if first_error.is_none() {
                 first_error = document.error.clone();
@@ -636,6 +691,7 @@ mod tests {
                 max_attempts: 3,
             },
             limits: limits(),
+            delivery_limit: 20,
             status: Arc::new(StatusBoard::default()),
             shutdown: CancellationToken::new(),
             metrics: super::super::metrics::ConsumerMetrics::new(

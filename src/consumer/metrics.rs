@@ -24,6 +24,7 @@ pub struct ConsumerMetrics {
     pub requeues: IntCounter,
     pub in_flight: IntGauge,
     pub broker_connected: IntGauge,
+    pub consuming: IntGauge,
     pub broker_reconnects: IntCounter,
     grpc_calls: IntCounterVec,
     grpc_latency: HistogramVec,
@@ -63,7 +64,11 @@ impl ConsumerMetrics {
             )?,
             broker_connected: metrics.gauge(
                 "labmq_consumer_broker_connected",
-                "1 while consuming on a broker connection, else 0.",
+                "1 while connected to a broker (set up, channels open), else 0.",
+            )?,
+            consuming: metrics.gauge(
+                "labmq_consumer_consuming",
+                "1 while subscribed to the task queue (deliveries flow), else 0: waiting for the broker, reconnecting, or subscribing again after the broker cancelled the subscription.",
             )?,
             broker_reconnects: metrics.counter(
                 "labmq_consumer_broker_reconnects_total",

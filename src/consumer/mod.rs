@@ -2,11 +2,13 @@
 //! and publishes one result document per task.
 //!
 //! - [`config`]: its configuration and command line;
-//! - [`session`]: the work on one broker connection: up to `concurrency` tasks in flight,
-//!   each delivery acked only after its results (and, for a bad message, its dead-letter
-//!   copy) are confirmed by the broker; SIGTERM drains;
-//! - [`handle`]: one delivery's body in, result documents out (parse, check the limits,
-//!   call with capped retries);
+//! - [`session`]: the work on one broker connection: up to `concurrency` deliveries in
+//!   flight; SIGTERM drains; a subscription the broker cancels is taken up again;
+//! - [`delivery`]: one delivery, acked only after its results (and, for a bad message,
+//!   its dead-letter copy) are confirmed by the broker; requeued on shutdown; a panic
+//!   caught;
+//! - [`handle`]: one delivery's body in, result documents out (parse, check the limits
+//!   and the delivery count, call with capped retries);
 //! - [`dead_letter`]: the properties of a bad message's dead-letter copy;
 //! - [`status`]: the `STATUS=` line and the one-line-per-outage gRPC log;
 //! - [`metrics`]: its Prometheus metrics, served at `metrics_listen`;
@@ -18,6 +20,7 @@
 mod acks;
 pub mod config;
 pub mod dead_letter;
+mod delivery;
 pub mod handle;
 mod metrics;
 mod session;
@@ -74,6 +77,12 @@ pub async fn run(
         metrics.serve(addr, shutdown.clone()).await?;
     }
     let status = Arc::new(StatusBoard::default());
+    // Ready once configured and started, whether or not the broker answers: a unit
+    // ordered after this one, `systemctl start` and the boot must not wait for a broker
+    // that may be down for hours. The status line says what it waits for, and
+    // labmq_consumer_consuming says whether deliveries flow.
+    status.broker(format!("connecting to RabbitMQ at {}", target.redacted()));
+    systemd::ready(&status.line());
     let task_log = Arc::new(tasklog::TaskLog::new(consumer_metrics.clone()));
     // Stopped after the drain, not at SIGTERM, so the last summary counts every task.
     let summaries_stop = CancellationToken::new();

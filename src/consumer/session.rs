@@ -1,37 +1,41 @@
 //! One broker connection's worth of consuming: declare, subscribe, run up to
-//! `concurrency` tasks at once, ack each delivery only after its results are confirmed,
-//! and on SIGTERM drain within the grace period and requeue the rest.
+//! `concurrency` deliveries at once (each handled by [`super::delivery`]), and on SIGTERM
+//! drain within the grace period and requeue the rest.
+//!
+//! A subscription the broker cancels (`basic.cancel`: the queue was deleted, its leader
+//! moved, a node went down, or RabbitMQ 4.3's consumer timeout) leaves the channel open:
+//! the tasks in flight finish and publish their results on it, then the topology is
+//! declared again and a new subscription made on the same connection, with backoff.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
 
-use futures_util::{FutureExt, StreamExt};
-use lapin::message::Delivery;
+use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::ShortString;
 use lapin::{Channel, Connection};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::acks::Acks;
 use super::config::ConsumerConfig;
-use super::dead_letter::dead_letter_properties;
-use super::handle::{Handler, Limits, RetryPolicy, Verdict, message_key};
-use super::metrics::{ConsumerMetrics, InFlight};
+use super::delivery::{Context, process};
+use super::handle::{Handler, Limits, RetryPolicy};
+use super::metrics::ConsumerMetrics;
 use super::status::StatusBoard;
 use super::tasklog::TaskLog;
 use crate::amqp::AmqpError;
-use crate::amqp::publish::{ONE_TASK_HEADER, Publisher, Route, confirmed, persistent};
+use crate::amqp::publish::Publisher;
 use crate::amqp::quarantine;
 use crate::amqp::session::{Link, Session, SessionEnd, bounded_step};
 use crate::amqp::settings::AmqpTarget;
-use crate::amqp::topology::{Topology, subscribe};
+use crate::amqp::topology::{Topology, inspect_queue, subscribe};
+use crate::daemon::backoff;
+use crate::daemon::logging::error_chain;
 use crate::daemon::systemd;
 use crate::grpc::client::ComputeClient;
-use crate::task::{ErrorInfo, ResultDocument, codes, truncate};
 
 /// How long tasks that were told to give up may take to requeue their message.
 const GIVE_UP_BOUND: Duration = Duration::from_secs(5);
@@ -39,32 +43,10 @@ const GIVE_UP_BOUND: Duration = Duration::from_secs(5);
 const SETUP_BOUND: Duration = Duration::from_secs(10);
 /// How long taking unparsable messages off the queue may take.
 const QUARANTINE_BOUND: Duration = Duration::from_secs(60);
-
-/// What every in-flight task shares.
-struct Context {
-    handler: Handler,
-    /// `publish_channels` channels in confirm mode; each message's results go out on the
-    /// next one in turn (all of one message's on the same one).
-    publishers: Vec<Publisher>,
-    next_publisher: AtomicUsize,
-    topology: Topology,
-    /// The connection's negotiated frame size: a dead-letter copy's properties must fit
-    /// in one frame of it.
-    frame_max: u32,
-    /// Tripped by a task whose publish failed, or by a failed ack: the session is broken
-    /// and must reconnect.
-    broken: CancellationToken,
-    /// Acks deliveries whose results are confirmed, coalescing runs of them.
-    acks: Acks,
-    task_log: Arc<TaskLog>,
-}
-
-impl Context {
-    fn publisher(&self) -> &Publisher {
-        let i = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
-        &self.publishers[i]
-    }
-}
+/// The first wait before subscribing again after a failed attempt.
+const RESUBSCRIBE_FIRST_DELAY: Duration = Duration::from_millis(500);
+/// AMQP's reply code for a queue that does not exist.
+const NOT_FOUND: u16 = 404;
 
 pub(super) struct ConsumeSession {
     config: ConsumerConfig,
@@ -76,11 +58,18 @@ pub(super) struct ConsumeSession {
     client: Arc<ComputeClient>,
     topology: Topology,
     status: Arc<StatusBoard>,
-    ready_sent: bool,
     metrics: ConsumerMetrics,
     task_log: Arc<TaskLog>,
     /// Sessions that got as far as consuming: every one after the first is a reconnect.
     sessions: u64,
+}
+
+/// Why consuming on a subscription stopped.
+enum Stop {
+    Shutdown,
+    Lost(String),
+    /// The broker cancelled the subscription; the channel may still be open.
+    Cancelled,
 }
 
 impl ConsumeSession {
@@ -100,7 +89,6 @@ impl ConsumeSession {
             client,
             topology: config.amqp.topology(),
             status,
-            ready_sent: false,
             metrics,
             task_log,
             sessions: 0,
@@ -130,15 +118,113 @@ impl Session for ConsumeSession {
             operation: "setting up (channels, declarations, subscription)".into(),
             timeout: SETUP_BOUND,
         })??;
-        let config = &self.config;
-        let queue = self.topology.queue.as_str();
 
         // Tasks stop retrying when this fires: the grace period is over, or the session
         // is gone and their acks could not reach the broker anyway.
         let give_up = CancellationToken::new();
         let broken = CancellationToken::new();
         let acks = Acks::start(channel.clone(), broken.clone());
-        let context = Arc::new(Context {
+        let context = Arc::new(self.context(
+            publishers,
+            acks,
+            give_up.clone(),
+            broken,
+            connection.configuration().frame_max(),
+        ));
+        if self.sessions > 0 {
+            self.metrics.broker_reconnects.inc();
+        }
+        self.sessions += 1;
+        self.metrics.broker_connected.set(1);
+        self.consuming("");
+
+        let slots = Arc::new(Semaphore::new(self.config.concurrency));
+        let mut in_flight = JoinSet::new();
+        let end = loop {
+            match self
+                .consume(&mut consumer, &slots, &mut in_flight, &context, shutdown)
+                .await
+            {
+                Stop::Shutdown => {
+                    self.metrics.consuming.set(0);
+                    self.drain(
+                        &channel,
+                        Some(consumer.tag()),
+                        &mut in_flight,
+                        &give_up,
+                        &context.acks,
+                    )
+                    .await;
+                    break SessionEnd::Shutdown;
+                }
+                Stop::Lost(reason) => {
+                    self.lose(&mut consumer, &mut in_flight, &give_up).await;
+                    break SessionEnd::Lost(reason);
+                }
+                Stop::Cancelled => {
+                    match self
+                        .resubscribe(connection, &channel, &mut in_flight, &context, shutdown)
+                        .await
+                    {
+                        Ok(next) => consumer = next,
+                        Err(end) => break end,
+                    }
+                }
+            }
+        };
+        self.metrics.consuming.set(0);
+        self.metrics.broker_connected.set(0);
+        // Closed here, before the driver closes the connection: lapin closes a dropped
+        // channel in the background, and when that comes after the connection's close
+        // has begun it logs a connection ERROR for a clean stop.
+        if connection.status().connected() {
+            for publisher in &context.publishers {
+                bounded_step(
+                    "closing a publishing channel",
+                    publisher.channel().close(200, "".into()),
+                )
+                .await;
+            }
+            bounded_step("closing the consume channel", channel.close(200, "".into())).await;
+        }
+        Ok(end)
+    }
+
+    fn link(&self, state: Link<'_>) {
+        let broker = &self.broker;
+        match state {
+            Link::Connecting => self
+                .status
+                .broker(format!("connecting to RabbitMQ at {broker}")),
+            Link::Reconnecting { reason } => {
+                // The reason of a failed connect names the broker already.
+                let reason = reason
+                    .strip_prefix(&format!("cannot connect to RabbitMQ at {broker}: "))
+                    .unwrap_or(reason);
+                let waiting = if self.sessions == 0 {
+                    "waiting for"
+                } else {
+                    "reconnecting to"
+                };
+                self.status
+                    .broker(format!("{waiting} RabbitMQ at {broker}: {reason}"));
+            }
+        }
+    }
+}
+
+impl ConsumeSession {
+    /// What every in-flight task of this session shares.
+    fn context(
+        &self,
+        publishers: Vec<Publisher>,
+        acks: Acks,
+        give_up: CancellationToken,
+        broken: CancellationToken,
+        frame_max: u32,
+    ) -> Context {
+        let config = &self.config;
+        Context {
             handler: Handler {
                 client: self.client.clone(),
                 retry: RetryPolicy {
@@ -151,50 +237,61 @@ impl Session for ConsumeSession {
                     max_tasks_per_message: config.max_tasks_per_message,
                     max_result_bytes_per_message: config.max_result_bytes_per_message,
                 },
+                delivery_limit: config.delivery_limit,
                 status: self.status.clone(),
-                shutdown: give_up.clone(),
+                shutdown: give_up,
                 metrics: self.metrics.clone(),
             },
             publishers,
             next_publisher: AtomicUsize::new(0),
             topology: self.topology.clone(),
-            frame_max: connection.configuration().frame_max(),
+            frame_max,
             broken,
             acks,
             task_log: self.task_log.clone(),
-        });
+        }
+    }
 
+    /// Says that deliveries flow: the status line, a log line and the metric. `again` is
+    /// "" for a new connection's subscription, " again" after a broker's cancel.
+    fn consuming(&self, again: &str) {
+        let queue = &self.topology.queue;
         // The node that serves this session, not the whole list: operators want to know
         // which node to look at.
-        let broker = &self.target.serving();
+        let node = self.target.serving();
         self.status
-            .broker(format!("consuming from {queue} on {broker}"));
-        tracing::info!(queue, broker = %broker, prefetch = config.prefetch, concurrency = config.concurrency, "consuming from {queue} on {broker}");
-        if !self.ready_sent {
-            systemd::ready(&self.status.line());
-            self.ready_sent = true;
-        }
-        if self.sessions > 0 {
-            self.metrics.broker_reconnects.inc();
-        }
-        self.sessions += 1;
-        self.metrics.broker_connected.set(1);
+            .broker(format!("consuming from {queue} on {node}"));
+        tracing::info!(
+            queue = %queue, broker = %node, prefetch = self.config.prefetch,
+            concurrency = self.config.concurrency,
+            "consuming from {queue} on {node}{again}"
+        );
+        self.metrics.consuming.set(1);
+    }
 
-        let slots = Arc::new(Semaphore::new(config.concurrency));
-        let mut in_flight = JoinSet::new();
-        let end = loop {
+    /// Takes deliveries and starts a task for each, up to `concurrency` at once, until
+    /// shutdown, a lost connection or the broker's cancel.
+    async fn consume(
+        &mut self,
+        consumer: &mut lapin::Consumer,
+        slots: &Arc<Semaphore>,
+        in_flight: &mut JoinSet<()>,
+        context: &Arc<Context>,
+        shutdown: &CancellationToken,
+    ) -> Stop {
+        loop {
             while in_flight.try_join_next().is_some() {}
             let permit = tokio::select! {
-                () = shutdown.cancelled() => break SessionEnd::Shutdown,
-                () = context.broken.cancelled() => break SessionEnd::Lost("publishing failed".into()),
+                () = shutdown.cancelled() => return Stop::Shutdown,
+                () = context.broken.cancelled() => return Stop::Lost("publishing failed".into()),
                 permit = slots.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
-                    Err(_) => break SessionEnd::Lost("task slots closed".into()),
+                    Err(_) => return Stop::Lost("task slots closed".into()),
                 },
             };
             tokio::select! {
-                () = shutdown.cancelled() => break SessionEnd::Shutdown,
-                () = context.broken.cancelled() => break SessionEnd::Lost("publishing failed".into()),
+                () = shutdown.cancelled() => return Stop::Shutdown,
+                () = context.broken.cancelled() => return Stop::Lost("publishing failed".into()),
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         context.acks.taken(delivery.delivery_tag);
@@ -204,61 +301,194 @@ impl Session for ConsumeSession {
                     }
                     Some(Err(e)) => {
                         self.unparsable = matches!(e.kind(), lapin::ErrorKind::ParsingError(_));
-                        break SessionEnd::Lost(e.to_string());
+                        return Stop::Lost(e.to_string());
                     }
-                    None => break SessionEnd::Lost("subscription cancelled by the broker".into()),
+                    // Every delivery that came before the cancel was yielded first.
+                    None => return Stop::Cancelled,
                 },
             }
-        };
+        }
+    }
 
-        match &end {
-            SessionEnd::Shutdown => {
-                self.drain(
-                    &channel,
-                    consumer.tag(),
-                    &mut in_flight,
-                    &give_up,
-                    &context.acks,
-                )
-                .await;
+    /// The connection is lost: the broker requeues whatever was unacked when it goes, so
+    /// the tasks in flight are dropped.
+    async fn lose(
+        &mut self,
+        consumer: &mut lapin::Consumer,
+        in_flight: &mut JoinSet<()>,
+        give_up: &CancellationToken,
+    ) {
+        give_up.cancel();
+        in_flight.abort_all();
+        // A failed publish may have been noticed before the subscription's own error:
+        // look for a parse error there too, or the unparsable message would not be swept
+        // before the next session.
+        if !self.unparsable {
+            let pending = async {
+                while let Some(next) = consumer.next().await {
+                    if let Err(e) = next {
+                        return matches!(e.kind(), lapin::ErrorKind::ParsingError(_));
+                    }
+                }
+                false
+            };
+            self.unparsable = tokio::time::timeout(Duration::from_millis(200), pending)
+                .await
+                .unwrap_or(false);
+        }
+    }
+
+    /// The broker cancelled the subscription. Its reason is logged once; the tasks in
+    /// flight finish and publish on the still open channel (within
+    /// `shutdown_grace_secs`); then the topology is declared again and a new subscription
+    /// made, with backoff. `Err` ends the session: shutdown, or a session that must start
+    /// over on a new connection (the channel closed, or tasks still waited after the
+    /// grace period and were requeued).
+    async fn resubscribe(
+        &mut self,
+        connection: &Connection,
+        channel: &Channel,
+        in_flight: &mut JoinSet<()>,
+        context: &Context,
+        shutdown: &CancellationToken,
+    ) -> Result<lapin::Consumer, SessionEnd> {
+        self.metrics.consuming.set(0);
+        if !channel.status().connected() {
+            return Err(SessionEnd::Lost(
+                "subscription cancelled and its channel closed".into(),
+            ));
+        }
+        let queue = self.topology.queue.clone();
+        let reason = self.cancel_reason(connection).await;
+        tracing::warn!(
+            queue = %queue, reason = %reason, in_flight = in_flight.len(),
+            "the broker cancelled the subscription to {queue}: {reason}; finishing the tasks in flight, then subscribing again"
+        );
+        self.status.broker(format!(
+            "subscription to {queue} cancelled by the broker ({reason}); subscribing again"
+        ));
+        let give_up = &context.handler.shutdown;
+        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
+        let finish = async { while in_flight.join_next().await.is_some() {} };
+        let finished = tokio::select! {
+            () = shutdown.cancelled() => None,
+            () = context.broken.cancelled() => Some(false),
+            finished = tokio::time::timeout(grace, finish) => Some(finished.is_ok()),
+        };
+        match finished {
+            None => {
+                self.drain(channel, None, in_flight, give_up, &context.acks)
+                    .await;
+                return Err(SessionEnd::Shutdown);
             }
-            SessionEnd::Lost(_) => {
-                // The broker requeues whatever was unacked when the connection goes.
+            Some(false) => {
+                tracing::warn!(
+                    left = in_flight.len(),
+                    "tasks still in flight {} s after the cancel; requeueing them and connecting again",
+                    grace.as_secs()
+                );
                 give_up.cancel();
-                in_flight.abort_all();
-                // A failed publish may have been noticed before the subscription's own
-                // error: look for a parse error there too, or the unparsable message
-                // would not be swept before the next session.
-                if !self.unparsable {
-                    let pending = async {
-                        while let Some(next) = consumer.next().await {
-                            if let Err(e) = next {
-                                return matches!(e.kind(), lapin::ErrorKind::ParsingError(_));
-                            }
-                        }
-                        false
-                    };
-                    self.unparsable = tokio::time::timeout(Duration::from_millis(200), pending)
-                        .await
-                        .unwrap_or(false);
+                let finish = async { while in_flight.join_next().await.is_some() {} };
+                if tokio::time::timeout(GIVE_UP_BOUND, finish).await.is_err() {
+                    in_flight.abort_all();
+                }
+                return Err(SessionEnd::Lost(format!(
+                    "subscription cancelled by the broker ({reason})"
+                )));
+            }
+            Some(true) => {}
+        }
+        context.acks.flush().await;
+        let mut delays = backoff::delays(
+            RESUBSCRIBE_FIRST_DELAY,
+            Duration::from_secs(self.config.reconnect_max_secs),
+        );
+        let mut last_error = None;
+        loop {
+            let attempt =
+                tokio::time::timeout(SETUP_BOUND, self.subscribe_again(connection, channel))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(AmqpError::Timeout {
+                            operation: "declaring and subscribing again".into(),
+                            timeout: SETUP_BOUND,
+                        })
+                    });
+            match attempt {
+                Ok(consumer) => {
+                    self.consuming(" again");
+                    return Ok(consumer);
+                }
+                Err(e) if !channel.status().connected() => {
+                    return Err(SessionEnd::Lost(format!(
+                        "subscribing again to {queue} failed: {}",
+                        error_chain(&e)
+                    )));
+                }
+                Err(e) => {
+                    let error = error_chain(&e);
+                    if last_error.as_deref() != Some(error.as_str()) {
+                        tracing::warn!(queue = %queue, error = %error, "subscribing again to {queue} failed; retrying with backoff: {error}");
+                    }
+                    self.status.broker(format!(
+                        "subscription to {queue} cancelled by the broker; subscribing again failed: {error}"
+                    ));
+                    last_error = Some(error);
                 }
             }
-        }
-        self.metrics.broker_connected.set(0);
-        Ok(end)
-    }
-
-    fn link(&self, state: Link<'_>) {
-        match state {
-            Link::Connecting => self.status.broker(format!("connecting to {}", self.broker)),
-            Link::Reconnecting { reason } => self
-                .status
-                .broker(format!("reconnecting to {} ({reason})", self.broker)),
+            let delay = delays
+                .next()
+                .unwrap_or(Duration::from_secs(self.config.reconnect_max_secs));
+            tokio::select! {
+                () = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+                () = tokio::time::sleep(delay) => {}
+            }
         }
     }
-}
 
-impl ConsumeSession {
+    /// Why the broker would have cancelled the subscription, from what it says of the
+    /// queue now.
+    async fn cancel_reason(&self, connection: &Connection) -> String {
+        let queue = &self.topology.queue;
+        let look = async {
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(|e| AmqpError::amqp("opening a channel", e))?;
+            let found = inspect_queue(&channel, queue).await;
+            if found.is_ok() {
+                let _ = channel.close(200, "".into()).await;
+            }
+            found
+        };
+        match tokio::time::timeout(SETUP_BOUND, look).await {
+            Ok(Ok(_)) => format!(
+                "queue {queue} still exists: a broker cancels its consumers when the queue's leader moves to another node or a node goes down, and RabbitMQ 4.3 and later when a delivery is held past consumer_timeout"
+            ),
+            Ok(Err(e)) if e.reply_code() == Some(NOT_FOUND) => {
+                format!("queue {queue} was deleted")
+            }
+            Ok(Err(e)) => format!("queue {queue} could not be looked up: {}", error_chain(&e)),
+            Err(_) => format!("queue {queue} could not be looked up within {SETUP_BOUND:?}"),
+        }
+    }
+
+    /// Declares the topology again (on a channel of its own: a refused declaration
+    /// closes its channel) and subscribes on the consume channel.
+    async fn subscribe_again(
+        &self,
+        connection: &Connection,
+        channel: &Channel,
+    ) -> Result<lapin::Consumer, AmqpError> {
+        let declaring = connection
+            .create_channel()
+            .await
+            .map_err(|e| AmqpError::amqp("opening a channel to declare", e))?;
+        self.declare(&declaring).await?;
+        let _ = declaring.close(200, "".into()).await;
+        subscribe(channel, &self.topology.queue).await
+    }
+
     /// Opens the publishing and consuming channels, declares the topology and subscribes.
     async fn set_up(
         &self,
@@ -269,17 +499,7 @@ impl ConsumeSession {
         for _ in 0..config.publish_channels.max(1) {
             publishers.push(Publisher::open(connection).await?);
         }
-        let publisher = &publishers[0];
-        self.topology.declare_all(publisher.channel()).await?;
-        if !config.results_queue.is_empty() {
-            self.topology
-                .declare_results_queue(
-                    publisher.channel(),
-                    &config.results_queue,
-                    Some(config.results_queue_max_length),
-                )
-                .await?;
-        }
+        self.declare(publishers[0].channel()).await?;
         let channel = connection
             .create_channel()
             .await
@@ -290,6 +510,21 @@ impl ConsumeSession {
             .map_err(|e| AmqpError::amqp("setting prefetch", e))?;
         let consumer = subscribe(&channel, &self.topology.queue).await?;
         Ok((publishers, channel, consumer))
+    }
+
+    /// The task queue, its dead-letter queue, the results exchange and `results_queue`.
+    async fn declare(&self, channel: &Channel) -> Result<(), AmqpError> {
+        self.topology.declare_all(channel).await?;
+        if !self.config.results_queue.is_empty() {
+            self.topology
+                .declare_results_queue(
+                    channel,
+                    &self.config.results_queue,
+                    Some(self.config.results_queue_max_length),
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// Moves messages lapin cannot parse from the head of the task queue to the
@@ -312,22 +547,25 @@ impl ConsumeSession {
         }
     }
 
-    /// SIGTERM: stop deliveries, let in-flight tasks finish within the grace period, then
-    /// requeue everything still unacked.
+    /// SIGTERM: stop deliveries (cancel the subscription `tag`, unless the broker did),
+    /// let in-flight tasks finish within the grace period, then requeue everything still
+    /// unacked.
     async fn drain(
         &self,
         channel: &Channel,
-        tag: ShortString,
+        tag: Option<ShortString>,
         in_flight: &mut JoinSet<()>,
         give_up: &CancellationToken,
         acks: &Acks,
     ) {
         systemd::stopping("draining in-flight tasks");
-        bounded_step(
-            "cancelling the subscription",
-            channel.basic_cancel(tag, BasicCancelOptions::default()),
-        )
-        .await;
+        if let Some(tag) = tag {
+            bounded_step(
+                "cancelling the subscription",
+                channel.basic_cancel(tag, BasicCancelOptions::default()),
+            )
+            .await;
+        }
         let grace = Duration::from_secs(self.config.shutdown_grace_secs);
         tracing::info!(
             in_flight = in_flight.len(),
@@ -354,7 +592,8 @@ impl ConsumeSession {
         })
         .await;
         // Deliveries prefetched but never started go back to the queue (tag 0 + multiple
-        // means every outstanding delivery on this channel).
+        // means every outstanding delivery on this channel). A basic.nack, which RabbitMQ
+        // 4.3 and later do not count towards a quorum queue's delivery limit.
         tracing::info!("in-flight tasks done; requeueing prefetched deliveries");
         bounded_step(
             "requeueing prefetched deliveries",
@@ -367,268 +606,5 @@ impl ConsumeSession {
             ),
         )
         .await;
-    }
-}
-
-async fn process(delivery: Delivery, _slot: OwnedSemaphorePermit, context: Arc<Context>) {
-    let metrics = &context.handler.metrics;
-    let _in_flight = InFlight::enter(&metrics.in_flight);
-    let started = Instant::now();
-    let message_id = message_key(
-        delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(ShortString::as_str),
-        &delivery.data,
-    );
-    // A panic must not lose the delivery: dropped silently by the task set, it would stay
-    // unacked (holding a prefetch slot) until the connection goes, then come back.
-    let Err(reason) = guarded(handle_and_deliver(
-        &delivery,
-        &message_id,
-        &context,
-        started,
-    ))
-    .await
-    else {
-        return;
-    };
-    let count = context.handler.status.panicked();
-    tracing::error!(
-        task_id = %message_id, panic = %reason, panics = count,
-        "handling the message panicked; dead-lettering it: {reason}"
-    );
-    let error = ErrorInfo {
-        code: codes::PANIC.into(),
-        message: format!("handling the message panicked: {reason}"),
-    };
-    let result = ResultDocument::failure(
-        message_id.clone(),
-        &String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(200)]),
-        None,
-        error.clone(),
-        0,
-        0.0,
-    );
-    match guarded(deliver(&context, &delivery, &[result], Some(&error))).await {
-        Ok(Ok(())) => {
-            context.acks.confirmed(delivery.delivery_tag);
-            metrics.dead_lettered(codes::PANIC);
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(task_id = %message_id, error = %e, "could not dead-letter the message; it stays queued");
-            context.broken.cancel();
-            requeue(&delivery, &message_id, &context).await;
-        }
-        // Even the bare dead-letter copy panicked: requeue once, and drop it the second
-        // time rather than loop on it forever.
-        Err(again) => {
-            if delivery.redelivered {
-                tracing::error!(task_id = %message_id, panic = %again, "dead-lettering panicked again on a redelivery; the message is dropped");
-                let options = BasicNackOptions {
-                    multiple: false,
-                    requeue: false,
-                };
-                let _ = delivery.acker.nack(options).await;
-                context.acks.settled(delivery.delivery_tag);
-            } else {
-                tracing::error!(task_id = %message_id, panic = %again, "dead-lettering panicked; requeueing the message once");
-                requeue(&delivery, &message_id, &context).await;
-            }
-        }
-    }
-}
-
-/// Runs `work`, turning a panic into `Err` with what the panic said.
-async fn guarded<T>(work: impl std::future::Future<Output = T>) -> Result<T, String> {
-    AssertUnwindSafe(work)
-        .catch_unwind()
-        .await
-        .map_err(|panic| panic_message(panic.as_ref()))
-}
-
-/// What a panic carried, for the log and the dead-letter reason.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        truncate(text, 1000)
-    } else {
-        "a panic without a message".to_owned()
-    }
-}
-
-async fn handle_and_deliver(
-    delivery: &Delivery,
-    message_id: &str,
-    context: &Context,
-    started: Instant,
-) {
-    let metrics = &context.handler.metrics;
-    let one_task = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(ONE_TASK_HEADER).cloned())
-        == Some(lapin::types::AMQPValue::Boolean(true));
-    let verdict = context
-        .handler
-        .handle_body(message_id, &delivery.data, one_task)
-        .await;
-    let (results, dead_letter) = match verdict {
-        Verdict::Abandoned => {
-            requeue(delivery, message_id, context).await;
-            return;
-        }
-        Verdict::Done {
-            results,
-            dead_letter,
-        } => (results, dead_letter),
-    };
-
-    if let Err(e) = deliver(context, delivery, &results, dead_letter.as_ref()).await {
-        tracing::warn!(task_id = %message_id, error = %e, "could not publish the result; the message stays queued");
-        context.broken.cancel();
-        requeue(delivery, message_id, context).await;
-        return;
-    }
-    // Acked once every older delivery is done too (coalesced), else at once alone.
-    context.acks.confirmed(delivery.delivery_tag);
-    metrics.message_done(started.elapsed().as_secs_f64());
-    if let Some(error) = &dead_letter {
-        metrics.dead_lettered(&error.code);
-    }
-    for document in &results {
-        metrics.task_done(document);
-        context.task_log.processed(document, delivery.redelivered);
-    }
-}
-
-/// Publishes every result (exchange and `reply_to`) and the dead-letter copy if any, all
-/// sent at once, then waits for every confirm: one broker round trip per message.
-///
-/// Replies are best effort: a requester's queue that is gone or full (`reject-publish`)
-/// refuses them, which is logged and never fails the message (the result is on the
-/// results exchange all the same).
-async fn deliver(
-    context: &Context,
-    delivery: &Delivery,
-    results: &[ResultDocument],
-    dead_letter: Option<&ErrorInfo>,
-) -> Result<(), AmqpError> {
-    let properties = &delivery.properties;
-    let reply_to = properties
-        .reply_to()
-        .as_ref()
-        .map(ShortString::to_string)
-        .filter(|r| !r.is_empty());
-    let correlation_id = properties.correlation_id().clone();
-    let results_route = Route {
-        exchange: &context.topology.results_exchange,
-        routing_key: "",
-        mandatory: false,
-    };
-    let publisher = context.publisher();
-    let mut pending = Vec::with_capacity(results.len() + 1);
-    let mut replies = Vec::new();
-    for document in results {
-        let body = document.to_json();
-        let result_properties = persistent("application/json", &document.id);
-        pending.push((
-            publisher
-                .send(&results_route, &body, result_properties.clone())
-                .await?,
-            "the results exchange",
-        ));
-        if let Some(reply_to) = reply_to.as_deref() {
-            let reply_properties = match &correlation_id {
-                Some(id) => result_properties.with_correlation_id(id.clone()),
-                None => result_properties,
-            };
-            // Not mandatory: a requester that has gone away is not the task's failure.
-            let reply_route = Route {
-                exchange: "",
-                routing_key: reply_to,
-                mandatory: false,
-            };
-            replies.push(
-                publisher
-                    .send(&reply_route, &body, reply_properties)
-                    .await?,
-            );
-        }
-    }
-    if let Some(error) = dead_letter {
-        let queue = context.topology.dead_letter_queue();
-        let dead_properties = dead_letter_properties(
-            properties,
-            error,
-            &context.topology.queue,
-            context.frame_max,
-        );
-        let dead_route = Route {
-            exchange: "",
-            routing_key: &queue,
-            mandatory: true,
-        };
-        pending.push((
-            publisher
-                .send(&dead_route, &delivery.data, dead_properties)
-                .await?,
-            "the dead-letter queue",
-        ));
-    }
-    for (confirm, target) in pending {
-        confirmed(confirm, target).await?;
-    }
-    for reply in replies {
-        if let Err(e) = confirmed(reply, "reply_to").await {
-            let reply_to = reply_to.as_deref().unwrap_or_default();
-            tracing::warn!(
-                reply_to, error = %e,
-                "reply to {reply_to} refused; the result is on the results exchange only: {e}"
-            );
-        }
-    }
-    Ok(())
-}
-
-async fn requeue(delivery: &Delivery, message_id: &str, context: &Context) {
-    context.handler.metrics.requeues.inc();
-    let options = BasicNackOptions {
-        multiple: false,
-        requeue: true,
-    };
-    match delivery.acker.nack(options).await {
-        Ok(_) => tracing::info!(task_id = %message_id, "task {message_id} requeued"),
-        Err(e) => {
-            tracing::debug!(task_id = %message_id, error = %e, "requeue failed; the broker requeues on disconnect")
-        }
-    }
-    // After the nack went out: a coalesced ack may now pass over this delivery.
-    context.acks.settled(delivery.delivery_tag);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_panic_becomes_an_error_with_its_message() {
-        let long = "x".repeat(300);
-        let outcome = guarded(async {
-            // What main did with a 254-byte message_id.
-            let _ = ShortString::from(long.as_str());
-        })
-        .await;
-        let reason = outcome.unwrap_err();
-        assert!(
-            reason.contains("ShortString exceeds maximum length"),
-            "{reason}"
-        );
-        let formatted = guarded(async { panic!("task {} broke", 7) }).await;
-        assert_eq!(formatted.unwrap_err(), "task 7 broke");
-        assert_eq!(guarded(async { 5 }).await, Ok(5));
     }
 }

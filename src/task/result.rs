@@ -24,6 +24,11 @@ pub mod codes {
     pub const RESULT_TOO_LARGE: &str = "RESULT_TOO_LARGE";
     /// Handling the message panicked; the panic message is the reason.
     pub const PANIC: &str = "PANIC";
+    /// The broker's `x-delivery-count` shows the message was delivered `delivery_limit`
+    /// times without being settled (consumers killed or stopped while holding it): it is
+    /// dead-lettered before any work, so that a quorum queue's own delivery limit cannot
+    /// drop it.
+    pub const DELIVERY_LIMIT: &str = "DELIVERY_LIMIT";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
