@@ -7,7 +7,8 @@
 //! `--check-config` refusing bad TLS settings by key.
 //!
 //! One node serves every test of this file (it starts in about ten seconds); it is
-//! stopped when the test binary exits.
+//! stopped when the test binary exits. It is a RabbitMQ 4.0 node (tests/rabbitmq4), the
+//! broker people run today.
 
 #[path = "support/certs.rs"]
 mod certs;
@@ -21,7 +22,7 @@ use certs::{Ca, Pair};
 use lapin::types::{AMQPValue, FieldTable};
 use support::amqp::{CONSUMER_BIN, ConsumerSetup, ResultWatch, produce, unique};
 use support::poison::{add_user, publish_raw};
-use support::rabbit::{BrokerTls, PrivateBroker};
+use support::rabbit::{BrokerTls, PrivateBroker, Rabbit};
 use support::web::{WEB_BIN, WebSetup};
 use support::{COMMAND_TIMEOUT, isolated_command, output_within, spawn_server};
 
@@ -65,13 +66,16 @@ fn fixture() -> &'static Fixture {
         let server = ca.server_ip_only(&dir, "rabbit-tls");
         let client = ca.client(&dir, "guest-client");
         let external = ca.client(&dir, EXTERNAL_USER);
-        let broker = PrivateBroker::start_tls(&BrokerTls {
-            ca: &ca_file,
-            cert: &server.cert,
-            key: &server.key,
-            require_client_cert: true,
-            external: true,
-        });
+        let broker = PrivateBroker::start_tls(
+            Rabbit::V4_0,
+            &BrokerTls {
+                ca: &ca_file,
+                cert: &server.cert,
+                key: &server.key,
+                require_client_cert: true,
+                external: true,
+            },
+        );
         add_user(&broker, EXTERNAL_USER, &unique("unused-password"));
         // SAFETY: registers a plain function, run once at exit.
         unsafe { libc::atexit(stop_fixture) };
@@ -192,11 +196,9 @@ fn external_login_by_client_certificate_runs_the_pipeline() {
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert_eq!(out.trim(), "fact:4 => 24");
     // The broker saw the certificate's name as the user, and no password.
-    let connections = support::rabbit::rabbitmqctl(
-        &f.broker.node,
-        &["list_connections", "user", "auth_mechanism"],
-    );
-    let listed = String::from_utf8_lossy(&connections.stdout);
+    let listed = f
+        .broker
+        .ctl(&["list_connections", "user", "auth_mechanism"]);
     assert!(
         listed
             .lines()

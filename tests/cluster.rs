@@ -13,7 +13,7 @@ use support::amqp::{
     Amqp, CONSUMER_BIN, ConsumerSetup, ResultCounter, mixed_tasks, produce_tasks, unique,
 };
 use support::cluster::{Cluster, message_count};
-use support::rabbit::SHARED_AMQP_URL;
+use support::rabbit::{Rabbit, SharedBroker};
 use support::{Daemon, DaemonSpec, READY_TIMEOUT, ServerOptions, send_signal};
 
 const TASKS: usize = 10_000;
@@ -22,11 +22,11 @@ const RESUME_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A quorum task queue, and a consumer declaring it classic (the default): the consumer
 /// keeps retrying, and its log names the queue, what it asked, what the broker has and
-/// the fix.
-#[test]
-fn declare_mismatch_names_the_queue_both_sides_and_the_fix() {
-    let setup = ConsumerSetup::new(SHARED_AMQP_URL, &["127.0.0.1:1".to_owned()]);
-    let amqp = Amqp::connect(SHARED_AMQP_URL);
+/// the fix. The broker's words differ by version, so on both brokers.
+fn declare_mismatch_names_the_queue_both_sides_and_the_fix(broker: &SharedBroker) {
+    eprintln!("{}", broker.describe());
+    let setup = ConsumerSetup::new(broker.url, &["127.0.0.1:1".to_owned()]);
+    let amqp = Amqp::connect(broker.url);
     let mut quorum = FieldTable::default();
     quorum.insert(
         "x-queue-type".into(),
@@ -72,6 +72,8 @@ fn declare_mismatch_names_the_queue_both_sides_and_the_fix() {
     );
     assert!(consumer.stop(support::EXIT_TIMEOUT).success());
 }
+
+crate::on_brokers!(shared: declare_mismatch_names_the_queue_both_sides_and_the_fix);
 
 /// The port of the node named by the consumer's last "connected to RabbitMQ node" line.
 fn serving_port(consumer: &Daemon) -> Option<u16> {
@@ -143,7 +145,7 @@ fn wait_results_at_least(urls: &[String], queue: &str, n: u32) -> u32 {
 #[test]
 fn three_node_cluster_failover_mid_stream_loses_nothing() {
     let started = Instant::now();
-    let cluster = Cluster::start(3);
+    let cluster = Cluster::start(Rabbit::V4_0, 3);
     let urls = cluster.urls();
     eprintln!("cluster of 3 up in {:?}", started.elapsed());
     let mut first_server = ServerOptions::default().start();

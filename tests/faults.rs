@@ -14,7 +14,7 @@ use serde_json::Value;
 use support::amqp::{
     ConsumerSetup, ResultWatch, mixed_tasks, produce, produce_tasks, wait_status_containing,
 };
-use support::rabbit::{PrivateBroker, SHARED_AMQP_URL};
+use support::rabbit::{PrivateBroker, Rabbit, SHARED_AMQP_URL};
 use support::{Daemon, EXIT_TIMEOUT, Server, ServerOptions, free_addr, send_signal, spawn_server};
 
 const ALL_RESULTS_TIMEOUT: Duration = Duration::from_secs(300);
@@ -39,7 +39,7 @@ fn check_all_ok(name: &str, seen: &HashMap<String, (u32, Value)>, expected: usiz
 
 #[test]
 fn broker_restarted_mid_stream_of_10000_loses_nothing() {
-    let broker = PrivateBroker::start();
+    let broker = PrivateBroker::start(Rabbit::V4_0);
     let url = broker.url();
     let server = spawn_server("");
     let setup = ConsumerSetup::new(&url, &[server.url()]);
@@ -62,7 +62,7 @@ fn broker_restarted_mid_stream_of_10000_loses_nothing() {
 
 #[test]
 fn disk_alarm_produce_wait_exits_4_within_its_timeout() {
-    let broker = PrivateBroker::start();
+    let broker = PrivateBroker::start(Rabbit::V4_0);
     let url = broker.url();
     let queue = support::amqp::unique("alarm");
     broker.set_disk_alarm(true);
@@ -137,20 +137,24 @@ fn grpc_server_down_for_10s_mid_stream_loses_nothing() {
     );
 }
 
-/// RabbitMQ closes the channel of a consumer that holds a delivery unacked longer than
-/// `consumer_timeout` (30 min by default; 3 s here). A task waiting that long for its
-/// gRPC server is then redelivered to the reconnected consumer: not lost, and answered
-/// once the server is back.
-#[test]
-fn a_task_held_past_consumer_timeout_is_redelivered_not_lost() {
-    let broker = PrivateBroker::start_with("consumer_timeout = 3000");
+/// RabbitMQ takes back a delivery that a consumer holds unacked longer than
+/// `consumer_timeout` (30 min by default; 3 s here): 3.10 and 4.0 close the consumer's
+/// channel (`PRECONDITION_FAILED - delivery acknowledgement … timed out`), 4.3 cancels the
+/// consumer (`basic.cancel`) and keeps the channel. Either way a task waiting that long for
+/// its gRPC server is redelivered to the consumer, which subscribes again: not lost, and
+/// answered once the server starts. A quorum queue: 4.3 times out consumers of quorum
+/// queues only.
+fn a_task_held_past_consumer_timeout_is_redelivered_not_lost(rabbit: Rabbit) {
+    let broker = PrivateBroker::start_with(rabbit, "consumer_timeout = 3000");
     let url = broker.url();
     let addr = free_addr();
     let server_options = ServerOptions {
         listen: addr.to_string(),
         ..ServerOptions::default()
     };
-    let setup = ConsumerSetup::new(&url, &[format!("http://{addr}")]);
+    let setup = ConsumerSetup::new(&url, &[format!("http://{addr}")])
+        .with_extra("queue_type = \"quorum\"\n")
+        .with_grace(2);
     let watch = ResultWatch::start(&url, &setup.results_exchange);
     let mut consumer = setup.start();
     let ids = produce_tasks(&url, &setup.queue, &["fact:7".to_owned()]);
@@ -159,12 +163,17 @@ fn a_task_held_past_consumer_timeout_is_redelivered_not_lost() {
         "gRPC server unavailable",
         Duration::from_secs(30),
     );
+    let told = if rabbit == Rabbit::V4_3 {
+        "the broker cancelled the subscription"
+    } else {
+        "acknowledgement"
+    };
     // The broker checks delivery timeouts periodically: allow it a generous while.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !consumer.stderr().contains("acknowledgement") {
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    while !consumer.stderr().contains(told) {
         assert!(
             std::time::Instant::now() < deadline,
-            "the broker never timed out the held delivery\n{}",
+            "the broker never timed out the held delivery ({told:?} not logged)\n{}",
             consumer.stderr()
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -178,7 +187,240 @@ fn a_task_held_past_consumer_timeout_is_redelivered_not_lost() {
     let seen = watch.counter.wait_for_all(&ids, ALL_RESULTS_TIMEOUT);
     check_all_ok("consumer_timeout", &seen, 1);
     assert!(consumer.stop(EXIT_TIMEOUT).success());
+    let log = consumer.stderr();
+    if rabbit == Rabbit::V4_3 {
+        // The reason names the consumer timeout among the causes of a cancel.
+        assert!(log.contains("is held past consumer_timeout"), "{log}");
+    }
 }
+
+/// Who declared the quorum task queue a held task sits in.
+#[derive(Debug, Clone, Copy)]
+enum DeclaredBy {
+    /// labmq-consumer itself, with `queue_type = "quorum"`.
+    Labmq,
+    /// A plain client, as pika would (`x-queue-type = quorum`, no dead-letter target),
+    /// or an earlier labmq: the consumer uses it as it is.
+    PlainClient,
+    /// Nobody asked for quorum: the vhost's `default_queue_type` is quorum and the
+    /// consumer declares the queue with no type (`queue_type = "classic"`, the default).
+    VhostDefault,
+}
+
+/// A task held while its gRPC server is down, its consumer stopped by `signal` and
+/// started again 25 times, each time while it holds the task. Every such return may count
+/// as a delivery towards the quorum queue's delivery limit (20 by default on RabbitMQ 4,
+/// none on 3.x), beyond which RabbitMQ 4 drops a message that has no dead-letter target.
+/// RabbitMQ 4.3 counts a closed connection (SIGKILL) but not the consumer's `basic.nack`
+/// of a drain (SIGTERM); 3.10 and 4.0 count both. labmq-consumer reads the count
+/// (`x-delivery-count`) and at `delivery_limit` (20) dead-letters the message itself,
+/// unprocessed, with DELIVERY_LIMIT. Afterwards the task is in the queue or in `.dead`,
+/// never gone, and is answered once the server runs (requeued from `.dead`).
+fn held_task_survives_25_stops(rabbit: Rabbit, signal: libc::c_int, declared_by: DeclaredBy) {
+    let broker = PrivateBroker::start(rabbit);
+    let mut url = broker.url();
+    let mut extra = String::new();
+    match declared_by {
+        DeclaredBy::Labmq | DeclaredBy::PlainClient => extra.push_str("queue_type = \"quorum\"\n"),
+        DeclaredBy::VhostDefault => {
+            broker.ctl(&[
+                "add_vhost",
+                "quorum-default",
+                "--default-queue-type",
+                "quorum",
+            ]);
+            broker.ctl(&[
+                "set_permissions",
+                "-p",
+                "quorum-default",
+                "guest",
+                ".*",
+                ".*",
+                ".*",
+            ]);
+            url = url.replace("/%2f", "/quorum-default");
+        }
+    }
+    let addr = free_addr();
+    let setup = ConsumerSetup::new(&url, &[format!("http://{addr}")])
+        .with_extra(&extra)
+        .with_grace(1);
+    let watch = ResultWatch::start(&url, &setup.results_exchange);
+    let amqp = &watch.amqp;
+    if let DeclaredBy::PlainClient = declared_by {
+        let mut quorum = FieldTable::default();
+        quorum.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        amqp.declare_queue(&setup.queue, quorum);
+    }
+    let dead_queue = format!("{}.dead", setup.queue);
+    let ids = {
+        // The consumer declares the queue (and its dead-letter queue) before the task
+        // is published.
+        let mut first = setup.start();
+        let ids = produce_tasks(&url, &setup.queue, &["fact:7".to_owned()]);
+        wait_holding(&mut first, &watch);
+        stop_with(&mut first, signal);
+        ids
+    };
+    let signal_name = if signal == libc::SIGKILL {
+        "SIGKILL"
+    } else {
+        "SIGTERM"
+    };
+    for _ in 1..25 {
+        let mut consumer = setup.start();
+        wait_holding(&mut consumer, &watch);
+        stop_with(&mut consumer, signal);
+    }
+    // One copy of the task, in the queue or in its dead-letter queue.
+    let queued = amqp.ready_count(&setup.queue);
+    let dead = amqp.ready_count(&dead_queue);
+    assert_eq!(
+        queued + dead,
+        1,
+        "{rabbit:?}, {signal_name}, {declared_by:?}: {queued} in {}, {dead} in {dead_queue}",
+        setup.queue
+    );
+    let counted = !(rabbit == Rabbit::V4_3 && signal == libc::SIGTERM);
+    if counted {
+        // Each stop was a delivery: dead-lettered by the consumer at the 20th.
+        assert_eq!(dead, 1, "{rabbit:?}, {signal_name}: not dead-lettered");
+        let seen = watch.counter.wait_for_all(&ids, ALL_RESULTS_TIMEOUT);
+        let document = &seen[&ids[0]].1;
+        assert_eq!(document["ok"], false, "{document}");
+        assert_eq!(document["error"]["code"], "DELIVERY_LIMIT", "{document}");
+        assert!(
+            document["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("delivery_limit (20)")),
+            "{document}"
+        );
+        assert!(document["attempts"].as_u64() >= Some(19), "{document}");
+        // Requeued from the dead-letter queue as an operator would: the same body and
+        // message id, without the broker's count.
+        let taken = amqp.drain(&dead_queue);
+        let (body, properties) = &taken[0];
+        let header = properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-labmq-error-code").cloned());
+        assert_eq!(
+            header,
+            Some(AMQPValue::LongString("DELIVERY_LIMIT".into())),
+            "{properties:?}"
+        );
+        amqp.publish(
+            &setup.queue,
+            body,
+            BasicProperties::default().with_message_id(ids[0].as_str().into()),
+        );
+        eprintln!(
+            "{rabbit:?}, {signal_name}, {declared_by:?}: dead-lettered at delivery 20 (DELIVERY_LIMIT), requeued"
+        );
+    } else {
+        // RabbitMQ 4.3 does not count a basic.nack: the task waits in the queue.
+        assert_eq!(queued, 1, "{rabbit:?}, {signal_name}: not in the queue");
+        assert_eq!(
+            watch.counter.distinct(),
+            0,
+            "a result came while the server was down"
+        );
+        eprintln!(
+            "{rabbit:?}, {signal_name}, {declared_by:?}: 25 drains not counted, still queued"
+        );
+    }
+    let _server = ServerOptions {
+        listen: addr.to_string(),
+        ..ServerOptions::default()
+    }
+    .start();
+    let mut consumer = setup.start();
+    let deadline = std::time::Instant::now() + ALL_RESULTS_TIMEOUT;
+    loop {
+        let latest = watch.counter.wait_for_all(&ids, ALL_RESULTS_TIMEOUT)[&ids[0]]
+            .1
+            .clone();
+        if latest["ok"] == true {
+            assert_eq!(latest["result"]["result"], "5040", "{latest}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never answered: {latest}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(consumer.stop(EXIT_TIMEOUT).success());
+    assert_eq!(
+        amqp.ready_count(&setup.queue) + amqp.ready_count(&dead_queue),
+        0
+    );
+}
+
+/// Waits until `consumer` holds the task (its call failed: the server is down) or has
+/// dead-lettered it (its result arrived).
+fn wait_holding(consumer: &mut Daemon, watch: &ResultWatch) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let holding = |message: &String| {
+        support::notify_field(message, "STATUS")
+            .is_some_and(|s| s.contains("gRPC server unavailable"))
+    };
+    // The status that said it consumes may say so already.
+    if consumer.notify.messages().iter().any(holding) {
+        return;
+    }
+    loop {
+        if watch.counter.distinct() > 0 {
+            return;
+        }
+        if consumer
+            .notify
+            .recv(Duration::from_millis(100))
+            .is_some_and(|m| holding(&m))
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the consumer neither held nor dead-lettered the task within 30 s\n{}",
+            consumer.stderr()
+        );
+    }
+}
+
+fn stop_with(consumer: &mut Daemon, signal: libc::c_int) {
+    send_signal(consumer.pid(), signal);
+    let status = consumer.wait_exit(EXIT_TIMEOUT);
+    if signal == libc::SIGTERM {
+        assert!(
+            status.success(),
+            "SIGTERM exit: {status}\n{}",
+            consumer.stderr()
+        );
+    }
+}
+
+fn held_task_survives_25_sigkills(rabbit: Rabbit) {
+    let declared_by = match rabbit {
+        Rabbit::Host => DeclaredBy::Labmq,
+        Rabbit::V4_0 => DeclaredBy::PlainClient,
+        Rabbit::V4_3 => DeclaredBy::VhostDefault,
+    };
+    held_task_survives_25_stops(rabbit, libc::SIGKILL, declared_by);
+}
+
+fn held_task_survives_25_sigterms(rabbit: Rabbit) {
+    held_task_survives_25_stops(rabbit, libc::SIGTERM, DeclaredBy::Labmq);
+}
+
+crate::on_brokers!(
+    private: a_task_held_past_consumer_timeout_is_redelivered_not_lost,
+    held_task_survives_25_sigkills,
+    held_task_survives_25_sigterms,
+);
 
 /// A consumer with 5,000 mixed tasks published, 1,000 of whose results have arrived.
 struct MidStream {

@@ -13,7 +13,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use support::amqp::{Amqp, ConsumerSetup, ResultWatch, produce, unique, wait_status_containing};
 use support::poison::{Behaviour, FakeBroker, add_user, peak_rss_kib, publish_raw};
-use support::rabbit::{PrivateBroker, SHARED_AMQP_URL};
+use support::rabbit::{PrivateBroker, Rabbit, SHARED_AMQP_URL};
 use support::{EXIT_TIMEOUT, spawn_server};
 
 /// Good messages published next to a bad one must have their results within this.
@@ -176,7 +176,10 @@ fn labmq_hex(bytes: &[u8]) -> String {
 /// a 100 MiB body is refused at the broker's edge and never reaches the consumer.
 #[test]
 fn dead_letter_copies_survive_hostile_properties_on_a_private_node() {
-    let broker = PrivateBroker::start_with(include_str!("../packaging/rabbitmq/20-labmq.conf"));
+    let broker = PrivateBroker::start_with(
+        Rabbit::V4_0,
+        include_str!("../packaging/rabbitmq/20-labmq.conf"),
+    );
     let url = broker.url();
     add_user(&broker, "mallory", "mallory-pw");
     let server = spawn_server("");

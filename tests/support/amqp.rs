@@ -303,11 +303,16 @@ async fn count_until_error(
             .as_str()
             .expect("result has an id")
             .to_owned();
+        // The latest document of an id: a task dead-lettered, requeued and then
+        // answered shows its answer.
         counts
             .lock()
             .expect("counts")
             .entry(id)
-            .and_modify(|(n, _)| *n += 1)
+            .and_modify(|(n, latest)| {
+                *n += 1;
+                *latest = document.clone();
+            })
             .or_insert((1, document));
         if delivery
             .acker
@@ -328,6 +333,8 @@ pub struct ConsumerSetup {
     pub queue: String,
     pub results_exchange: String,
     pub grpc_targets: Vec<String>,
+    /// `shutdown_grace_secs` (10).
+    pub shutdown_grace_secs: u64,
     pub extra: String,
 }
 
@@ -338,6 +345,7 @@ impl ConsumerSetup {
             queue: unique("tasks"),
             results_exchange: unique("results"),
             grpc_targets: grpc_targets.to_vec(),
+            shutdown_grace_secs: 10,
             extra: String::new(),
         }
     }
@@ -348,14 +356,21 @@ impl ConsumerSetup {
         self
     }
 
+    /// Sets `shutdown_grace_secs`.
+    pub fn with_grace(mut self, secs: u64) -> Self {
+        self.shutdown_grace_secs = secs;
+        self
+    }
+
     pub fn toml(&self) -> String {
         let targets: Vec<String> = self.grpc_targets.iter().map(|t| format!("{t:?}")).collect();
         format!(
-            "amqp_url = {:?}\nqueue = {:?}\nresults_exchange = {:?}\ngrpc_targets = [{}]\nretry_initial_ms = 50\nretry_max_ms = 1000\nreconnect_max_secs = 1\nshutdown_grace_secs = 10\n{}\n",
+            "amqp_url = {:?}\nqueue = {:?}\nresults_exchange = {:?}\ngrpc_targets = [{}]\nretry_initial_ms = 50\nretry_max_ms = 1000\nreconnect_max_secs = 1\nshutdown_grace_secs = {}\n{}\n",
             self.amqp_url,
             self.queue,
             self.results_exchange,
             targets.join(", "),
+            self.shutdown_grace_secs,
             self.extra
         )
     }
@@ -370,10 +385,13 @@ impl ConsumerSetup {
             .spawn_in(dir)
     }
 
-    /// Spawns a consumer and waits for READY=1 (it is consuming).
+    /// Spawns a consumer and waits until it consumes: READY=1 first (it comes once the
+    /// consumer has started, whether or not the broker answers), then a status saying
+    /// `consuming from`.
     pub fn start(&self) -> Daemon {
         let mut daemon = self.spawn();
         daemon.wait_ready(READY_TIMEOUT);
+        wait_status_containing(&mut daemon, "consuming from", READY_TIMEOUT);
         daemon
     }
 }

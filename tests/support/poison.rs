@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -25,22 +24,8 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
 
 /// Adds a broker user with full permissions on `/` to a private node.
 pub fn add_user(broker: &PrivateBroker, user: &str, password: &str) {
-    for args in [
-        vec!["add_user", user, password],
-        vec!["set_permissions", "-p", "/", user, ".*", ".*", ".*"],
-    ] {
-        let output = Command::new("rabbitmqctl")
-            .arg("-n")
-            .arg(&broker.node)
-            .args(&args)
-            .output()
-            .expect("run rabbitmqctl");
-        assert!(
-            output.status.success(),
-            "rabbitmqctl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    broker.ctl(&["add_user", user, password]);
+    broker.ctl(&["set_permissions", "-p", "/", user, ".*", ".*", ".*"]);
 }
 
 /// A TCP listener on 127.0.0.1 that plays a broken broker until dropped.

@@ -1,24 +1,375 @@
-//! A private RabbitMQ node for tests that stop, restart or break the broker, so the shared
-//! node at 127.0.0.1:5672 is never touched. Each node has its own name, ports and data
-//! directory (owned by the `rabbitmq` user, which `rabbitmq-server` drops to).
+//! The RabbitMQ brokers the tests run against, and private nodes for tests that stop,
+//! restart or break a broker, so the shared nodes are never touched.
+//!
+//! Three RabbitMQ versions, one [`Rabbit`] each: the host's package (3.10 on Debian 12,
+//! the broker older distributions ship) and the two roots `tests/rabbitmq4` makes (4.0,
+//! the broker people run today; 4.3, which changed what counts towards a quorum queue's
+//! delivery limit and how a consumer timeout is told). The suites that talk to a broker
+//! run against 4.0 ([`SHARED_AMQP_URL`] is its shared node); tests of what differs by
+//! version run once per version, named for it ([`on_brokers!`](crate::on_brokers)).
+//!
+//! A private node has its own name, ports and data directory (owned by the `rabbitmq`
+//! user, which `rabbitmq-server` drops to); one of a 4.x version runs with chroot in its
+//! root, on the host's network.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use super::free_port;
 
-/// The shared broker every machine of this project runs (guest/guest on loopback).
-pub const SHARED_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// A RabbitMQ installation the tests can run nodes of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rabbit {
+    /// The host's `rabbitmq-server` package (3.10 on Debian 12).
+    Host,
+    /// Debian 13's 4.0.x, in `tests/rabbitmq4 root 4.0`.
+    V4_0,
+    /// Debian testing's 4.3.x, in `tests/rabbitmq4 root 4.3`.
+    V4_3,
+}
+
+impl Rabbit {
+    /// Its root, for the chroot'd versions.
+    pub fn root(self) -> Option<PathBuf> {
+        let cache = std::env::var_os("LABMQ_E2E_CACHE")
+            .map_or_else(|| PathBuf::from("/var/cache/labmq-e2e"), PathBuf::from);
+        let name = match self {
+            Rabbit::Host => return None,
+            Rabbit::V4_0 => "rabbitmq-4.0",
+            Rabbit::V4_3 => "rabbitmq-4.3",
+        };
+        let root = cache.join(name);
+        assert!(
+            root.join("usr/sbin/rabbitmq-server").exists(),
+            "no RabbitMQ {self:?} root at {}: make it with `tests/rabbitmq4 prepare` (tests/run does)",
+            root.display()
+        );
+        Some(root)
+    }
+
+    /// `program` (rabbitmq-server, rabbitmqctl) of this installation, with a clean
+    /// environment inside a root.
+    pub fn command(self, program: &str) -> Command {
+        match self.root() {
+            None => Command::new(program),
+            Some(root) => {
+                let mut command = Command::new("chroot");
+                command
+                    .arg(root)
+                    .args(["/usr/bin/env", "-i"])
+                    .args([
+                        "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                        "HOME=/root",
+                        "LANG=C.UTF-8",
+                    ])
+                    .arg(program);
+                command
+            }
+        }
+    }
+
+    /// `rabbitmqctl -n NODE ARGS` of this installation.
+    pub fn ctl(self, node: &str, args: &[&str]) -> Output {
+        self.command("rabbitmqctl")
+            .arg("-n")
+            .arg(node)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run rabbitmqctl of {self:?} ({e}); install RabbitMQ (apt-get install rabbitmq-server) and `tests/rabbitmq4 prepare`")
+            })
+    }
+
+    /// Where a node's files go: (as this process sees the path, as the node sees it).
+    fn node_dir(self, name: &str) -> (PathBuf, PathBuf) {
+        let inside = PathBuf::from("/tmp").join(name);
+        match self.root() {
+            None => (inside.clone(), inside),
+            Some(root) => {
+                // Erlang reads /proc (memory, CPUs); `tests/rabbitmq4 stop` unmounts it.
+                let proc_dir = root.join("proc");
+                if !proc_dir.join("self").exists() {
+                    let mounted = Command::new("mount")
+                        .args(["-t", "proc", "proc"])
+                        .arg(&proc_dir)
+                        .status()
+                        .expect("run mount");
+                    assert!(mounted.success(), "mount proc on {}", proc_dir.display());
+                }
+                (
+                    root.join(inside.strip_prefix("/").expect("absolute")),
+                    inside,
+                )
+            }
+        }
+    }
+
+    /// The version the node `node` runs, as it says.
+    pub fn version_of(self, node: &str) -> String {
+        let output = self.ctl(node, &["eval", "rabbit_misc:version()."]);
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .trim_matches('"')
+            .to_owned()
+    }
+}
+
+/// A node that serves the tests without being started by them (`tests/run` starts both).
+#[derive(Debug, Clone, Copy)]
+pub struct SharedBroker {
+    pub rabbit: Rabbit,
+    pub url: &'static str,
+    /// Its node name, for `rabbitmqctl -n` (`None`: rabbitmqctl's default, the host's
+    /// own node, whatever the machine's host name).
+    pub node: Option<&'static str>,
+    /// How to start it when it does not answer.
+    pub start: &'static str,
+}
+
+/// The host's broker (guest/guest on loopback), which every machine of this project runs.
+pub const RABBITMQ3: SharedBroker = SharedBroker {
+    rabbit: Rabbit::Host,
+    url: "amqp://guest:guest@127.0.0.1:5672/%2f",
+    node: None,
+    start: "rabbitmq-server -detached",
+};
+
+/// The shared RabbitMQ 4.0 node of `tests/rabbitmq4 start`.
+pub const RABBITMQ4: SharedBroker = SharedBroker {
+    rabbit: Rabbit::V4_0,
+    url: "amqp://guest:guest@127.0.0.1:5673/%2f",
+    node: Some("labmq4@localhost"),
+    start: "tests/rabbitmq4 start",
+};
+
+/// The broker the suites run against: RabbitMQ 4.0, what people run today.
+pub const SHARED_AMQP_URL: &str = RABBITMQ4.url;
+
+impl SharedBroker {
+    /// `rabbitmqctl ARGS` against this node; panics with its stderr if it fails.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let mut command = self.rabbit.command("rabbitmqctl");
+        if let Some(node) = self.node {
+            command.arg("-n").arg(node);
+        }
+        let output = command.args(args).output().expect("run rabbitmqctl");
+        assert!(
+            output.status.success(),
+            "rabbitmqctl {args:?} ({:?}) failed: {}{}; is it running? ({})",
+            self.rabbit,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.start
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// "RabbitMQ 4.0.5 at amqp://…:5673", for a test's output.
+    pub fn describe(&self) -> String {
+        let version = self.ctl(&["eval", "rabbit_misc:version()."]);
+        let port = self
+            .url
+            .trim_end_matches("/%2f")
+            .rsplit(':')
+            .next()
+            .unwrap_or_default();
+        format!(
+            "RabbitMQ {} at 127.0.0.1:{port}",
+            version.trim().trim_matches('"')
+        )
+    }
+}
+
+/// Defines one `#[test]` per broker for each named function, which takes the broker:
+/// `on_brokers!(shared: declares_quorum_queues)` runs `declares_quorum_queues(&RABBITMQ3)`
+/// as `rabbitmq3::declares_quorum_queues` and with `RABBITMQ4` as
+/// `rabbitmq4::declares_quorum_queues`; `on_brokers!(private: held_task)` runs
+/// `held_task(Rabbit::Host)`, `(Rabbit::V4_0)` and `(Rabbit::V4_3)` as
+/// `rabbitmq3::held_task`, `rabbitmq4_0::held_task` and `rabbitmq4_3::held_task`, for
+/// tests that start private nodes.
+#[macro_export]
+macro_rules! on_brokers {
+    (shared: $($name:ident),+ $(,)?) => {
+        mod rabbitmq3 {
+            $(#[test] fn $name() { super::$name(&$crate::support::rabbit::RABBITMQ3) })+
+        }
+        mod rabbitmq4 {
+            $(#[test] fn $name() { super::$name(&$crate::support::rabbit::RABBITMQ4) })+
+        }
+    };
+    (private: $($name:ident),+ $(,)?) => {
+        mod rabbitmq3 {
+            $(#[test] fn $name() { super::$name($crate::support::rabbit::Rabbit::Host) })+
+        }
+        mod rabbitmq4_0 {
+            $(#[test] fn $name() { super::$name($crate::support::rabbit::Rabbit::V4_0) })+
+        }
+        mod rabbitmq4_3 {
+            $(#[test] fn $name() { super::$name($crate::support::rabbit::Rabbit::V4_3) })+
+        }
+    };
+}
 
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Blocks until `node` has booted and its AMQP listener on `port` is up; panics after
+/// `timeout`, pointing at the node's logs in `dir`.
+pub fn wait_node_serving(rabbit: Rabbit, node: &str, port: u16, dir: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let output = rabbit.ctl(node, &["await_startup", "--timeout", "10"]);
+        if output.status.success() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "RabbitMQ node {node} ({rabbit:?}) did not start within {timeout:?}: {}\nlogs in {}",
+            String::from_utf8_lossy(&output.stderr),
+            dir.join("log").display()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The files and environment of one private node: its directory (config, data, logs,
+/// pid file) and the variables that point `rabbitmq-server` at them.
+pub struct NodeFiles {
+    pub rabbit: Rabbit,
+    pub name: String,
+    pub port: u16,
+    pub dist_port: u16,
+    /// The directory as this process sees it.
+    pub dir: PathBuf,
+    /// The same directory as the node sees it (inside its root).
+    inside: PathBuf,
+}
+
+impl NodeFiles {
+    /// A fresh directory for node `PREFIX{port}@localhost` with `enabled_plugins` and a
+    /// `rabbitmq.conf` of `config` (a listener line of its own is the caller's).
+    pub fn new(rabbit: Rabbit, prefix: &str, plugins: &str, config: &str) -> Self {
+        let port = free_port();
+        let dist_port = free_port();
+        let name = format!("{prefix}{port}@localhost");
+        let (dir, inside) = rabbit.node_dir(&format!("labmq-{prefix}-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create private broker dir");
+        std::fs::write(dir.join("enabled_plugins"), format!("[{plugins}].\n"))
+            .expect("write enabled_plugins");
+        // A config of its own: the machine's /etc/rabbitmq/rabbitmq.conf may pin the
+        // listener to 5672, which would clash with the shared node.
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            config.replace("{port}", &port.to_string()),
+        )
+        .expect("write rabbitmq.conf");
+        let files = Self {
+            rabbit,
+            name,
+            port,
+            dist_port,
+            dir,
+            inside,
+        };
+        files.chown();
+        files
+    }
+
+    /// Gives the directory to the `rabbitmq` user of the node's installation (whose uid
+    /// may differ from the host's).
+    pub fn chown(&self) {
+        let status = self
+            .rabbit
+            .command("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(&self.inside)
+            .status()
+            .expect("run chown");
+        assert!(
+            status.success(),
+            "chown {} to rabbitmq failed",
+            self.dir.display()
+        );
+    }
+
+    /// `path` inside the node's directory, as the node sees it.
+    pub fn node_path(&self, file: &str) -> String {
+        self.inside.join(file).display().to_string()
+    }
+
+    /// `rabbitmq-server -detached` for this node (returns once the VM is launched).
+    pub fn boot(&self) {
+        let inside = &self.inside;
+        let status = self
+            .rabbit
+            .command("env")
+            .arg(format!("RABBITMQ_NODENAME={}", self.name))
+            .arg(format!("RABBITMQ_NODE_PORT={}", self.port))
+            .arg(format!("RABBITMQ_DIST_PORT={}", self.dist_port))
+            .arg(format!("RABBITMQ_MNESIA_BASE={}/mnesia", inside.display()))
+            .arg(format!("RABBITMQ_LOG_BASE={}/log", inside.display()))
+            .arg(format!("RABBITMQ_PID_FILE={}/pid", inside.display()))
+            .arg(format!(
+                "RABBITMQ_ENABLED_PLUGINS_FILE={}/enabled_plugins",
+                inside.display()
+            ))
+            // Named without ".conf": RabbitMQ 3.10 appends the extension itself.
+            .arg(format!("RABBITMQ_CONFIG_FILE={}/rabbitmq", inside.display()))
+            .args(["rabbitmq-server", "-detached"])
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run rabbitmq-server of {:?} ({e}); install it: apt-get install rabbitmq-server, tests/rabbitmq4 prepare",
+                    self.rabbit
+                )
+            });
+        assert!(
+            status.success(),
+            "rabbitmq-server -detached ({:?}) failed: {status}",
+            self.rabbit
+        );
+    }
+
+    pub fn wait_serving(&self, timeout: Duration) {
+        wait_node_serving(self.rabbit, &self.name, self.port, &self.dir, timeout);
+    }
+
+    /// `rabbitmqctl -n NODE ARGS`; panics with its output if it fails.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let output = self.rabbit.ctl(&self.name, args);
+        assert!(
+            output.status.success(),
+            "rabbitmqctl -n {} {args:?} ({:?}): {}{}",
+            self.name,
+            self.rabbit,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Stops the node and waits until its VM is gone.
+    pub fn stop(&self) {
+        let _ = self
+            .rabbit
+            .ctl(&self.name, &["stop", &self.node_path("pid")]);
+    }
+
+    /// Removes the directory, unless LABMQ_KEEP_BROKER is set (to read its logs).
+    pub fn remove(&self) {
+        if std::env::var_os("LABMQ_KEEP_BROKER").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 pub struct PrivateBroker {
+    pub files: NodeFiles,
     pub node: String,
     pub port: u16,
     /// The TLS listener's port, when started with [`PrivateBroker::start_tls`].
     pub tls_port: Option<u16>,
-    dir: PathBuf,
 }
 
 /// A TLS listener for a private node: its certificate files (copied into the node's
@@ -36,83 +387,48 @@ pub struct BrokerTls<'a> {
     pub external: bool,
 }
 
-pub fn rabbitmqctl(node: &str, args: &[&str]) -> std::process::Output {
-    Command::new("rabbitmqctl")
-        .arg("-n")
-        .arg(node)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run rabbitmqctl ({e}); install RabbitMQ: apt-get install rabbitmq-server"
-            )
-        })
-}
-
-/// Blocks until `node` has booted and its AMQP listener on `port` is up; panics after
-/// `timeout`, pointing at the node's logs in `dir`.
-pub fn wait_node_serving(node: &str, port: u16, dir: &Path, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let output = rabbitmqctl(node, &["await_startup", "--timeout", "10"]);
-        if output.status.success() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "RabbitMQ node {node} did not start within {timeout:?}: {}\nlogs in {}",
-            String::from_utf8_lossy(&output.stderr),
-            dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 impl PrivateBroker {
-    /// Starts a node and waits until its AMQP port serves.
-    pub fn start() -> Self {
-        Self::start_with("")
+    /// Starts a node of `rabbit` and waits until its AMQP port serves.
+    pub fn start(rabbit: Rabbit) -> Self {
+        Self::start_with(rabbit, "")
     }
 
     /// Starts a node whose rabbitmq.conf also holds `extra_config` (lines in
     /// rabbitmq.conf syntax, e.g. `consumer_timeout = 3000`).
-    pub fn start_with(extra_config: &str) -> Self {
-        Self::start_node(extra_config, None)
+    pub fn start_with(rabbit: Rabbit, extra_config: &str) -> Self {
+        Self::start_node(rabbit, extra_config, None)
     }
 
     /// Starts a node with a TLS listener (on [`PrivateBroker::tls_port`]) beside its
     /// plaintext one.
-    pub fn start_tls(tls: &BrokerTls<'_>) -> Self {
-        Self::start_node("", Some(tls))
+    pub fn start_tls(rabbit: Rabbit, tls: &BrokerTls<'_>) -> Self {
+        Self::start_node(rabbit, "", Some(tls))
     }
 
-    fn start_node(extra_config: &str, tls: Option<&BrokerTls<'_>>) -> Self {
-        let port = free_port();
-        let dist_port = free_port();
-        let node = format!("labmqtest{port}@localhost");
-        let dir = PathBuf::from(format!("/tmp/labmq-rabbit-{port}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create private broker dir");
-        let plugins = dir.join("enabled_plugins");
+    fn start_node(rabbit: Rabbit, extra_config: &str, tls: Option<&BrokerTls<'_>>) -> Self {
         let external = tls.is_some_and(|tls| tls.external);
-        std::fs::write(
-            &plugins,
-            if external {
-                "[rabbitmq_auth_mechanism_ssl].\n"
-            } else {
-                "[].\n"
-            },
-        )
-        .expect("write enabled_plugins");
-        let mut extra_config = extra_config.to_owned();
+        let plugins = if external {
+            "rabbitmq_auth_mechanism_ssl"
+        } else {
+            ""
+        };
+        let files = NodeFiles::new(
+            rabbit,
+            "labmqtest",
+            plugins,
+            "listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n",
+        );
+        let mut config =
+            std::fs::read_to_string(files.dir.join("rabbitmq.conf")).expect("read rabbitmq.conf");
+        config.push_str(extra_config);
+        config.push('\n');
         let mut tls_port = None;
         if let Some(tls) = tls {
             let listen = free_port();
             tls_port = Some(listen);
             let copy = |from: &Path, name: &str| {
-                let to = dir.join(name);
-                std::fs::copy(from, &to).expect("copy a broker TLS file");
-                to.display().to_string()
+                std::fs::copy(from, files.dir.join(name)).expect("copy a broker TLS file");
+                files.node_path(name)
             };
             let (ca, cert, key) = (
                 copy(tls.ca, "ca.pem"),
@@ -124,8 +440,8 @@ impl PrivateBroker {
             } else {
                 "verify_none"
             };
-            extra_config.push_str(&format!(
-                "\nlisteners.ssl.1 = 127.0.0.1:{listen}\n\
+            config.push_str(&format!(
+                "listeners.ssl.1 = 127.0.0.1:{listen}\n\
                  ssl_options.cacertfile = {ca}\n\
                  ssl_options.certfile = {cert}\n\
                  ssl_options.keyfile = {key}\n\
@@ -134,71 +450,34 @@ impl PrivateBroker {
                 tls.require_client_cert
             ));
             if external {
-                extra_config.push_str(
+                config.push_str(
                     "auth_mechanisms.1 = EXTERNAL\nauth_mechanisms.2 = PLAIN\n\
                      ssl_cert_login_from = common_name\n",
                 );
             }
         }
-        // A config of its own: the machine's /etc/rabbitmq/rabbitmq.conf may pin the
-        // listener to 5672, which would clash with the shared node.
-        std::fs::write(
-            dir.join("rabbitmq.conf"),
-            format!(
-                "listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n{extra_config}\n"
-            ),
-        )
-        .expect("write rabbitmq.conf");
-        let chown = Command::new("chown")
-            .args(["-R", "rabbitmq:rabbitmq"])
-            .arg(&dir)
-            .status()
-            .expect("run chown");
-        assert!(
-            chown.success(),
-            "chown {} to rabbitmq failed",
-            dir.display()
-        );
-
+        std::fs::write(files.dir.join("rabbitmq.conf"), config).expect("write rabbitmq.conf");
+        files.chown();
+        files.boot();
         let broker = Self {
-            node,
-            port,
+            node: files.name.clone(),
+            port: files.port,
             tls_port,
-            dir,
+            files,
         };
-        let mut command = Command::new("rabbitmq-server");
-        let status = broker
-            .env(&mut command)
-            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
-            .arg("-detached")
-            .status()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run rabbitmq-server ({e}); install it: apt-get install rabbitmq-server"
-                )
-            });
-        assert!(
-            status.success(),
-            "rabbitmq-server -detached failed: {status}"
-        );
         broker.wait_serving();
+        eprintln!(
+            "private node {}: RabbitMQ {} ({:?}) at 127.0.0.1:{}",
+            broker.node,
+            rabbit.version_of(&broker.node),
+            rabbit,
+            broker.port
+        );
         broker
     }
 
-    fn env<'a>(&self, command: &'a mut Command) -> &'a mut Command {
-        let dir = self.dir.display();
-        command
-            .env("RABBITMQ_NODENAME", &self.node)
-            .env("RABBITMQ_NODE_PORT", self.port.to_string())
-            .env("RABBITMQ_MNESIA_BASE", format!("{dir}/mnesia"))
-            .env("RABBITMQ_LOG_BASE", format!("{dir}/log"))
-            .env("RABBITMQ_PID_FILE", format!("{dir}/pid"))
-            .env(
-                "RABBITMQ_ENABLED_PLUGINS_FILE",
-                format!("{dir}/enabled_plugins"),
-            )
-            // Named without ".conf": RabbitMQ 3.10 appends the extension itself.
-            .env("RABBITMQ_CONFIG_FILE", format!("{dir}/rabbitmq"))
+    pub fn rabbit(&self) -> Rabbit {
+        self.files.rabbit
     }
 
     pub fn url(&self) -> String {
@@ -213,33 +492,27 @@ impl PrivateBroker {
 
     /// Blocks until the node has booted and its AMQP listener is up.
     pub fn wait_serving(&self) {
-        wait_node_serving(&self.node, self.port, &self.dir, START_TIMEOUT);
+        self.files.wait_serving(START_TIMEOUT);
+    }
+
+    /// `rabbitmqctl ARGS` against this node; panics with its output if it fails.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        self.files.ctl(args)
     }
 
     /// Stops the RabbitMQ application (connections drop, the node stays up).
     pub fn stop_app(&self) {
-        let output = rabbitmqctl(&self.node, &["stop_app"]);
-        assert!(
-            output.status.success(),
-            "stop_app: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        self.ctl(&["stop_app"]);
     }
 
     /// Raises (or clears) RabbitMQ's disk alarm by moving the free-disk limit above (or
     /// below) any real disk, and waits until the node reports the change.
     pub fn set_disk_alarm(&self, raised: bool) {
         let limit = if raised { "100000GB" } else { "1MB" };
-        let output = rabbitmqctl(&self.node, &["set_disk_free_limit", limit]);
-        assert!(
-            output.status.success(),
-            "set_disk_free_limit {limit}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        self.ctl(&["set_disk_free_limit", limit]);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            let alarms = rabbitmqctl(&self.node, &["eval", "rabbit_alarm:get_alarms()."]);
-            let alarms = String::from_utf8_lossy(&alarms.stdout).into_owned();
+            let alarms = self.ctl(&["eval", "rabbit_alarm:get_alarms()."]);
             if alarms.contains("disk") == raised {
                 return;
             }
@@ -253,24 +526,15 @@ impl PrivateBroker {
     }
 
     pub fn start_app(&self) {
-        let output = rabbitmqctl(&self.node, &["start_app"]);
-        assert!(
-            output.status.success(),
-            "start_app: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        self.ctl(&["start_app"]);
         self.wait_serving();
     }
-}
 
-impl PrivateBroker {
     /// Stops the node and removes its directory (unless LABMQ_KEEP_BROKER is set); what
     /// dropping it does, for a node kept in a static that is never dropped.
     pub fn shutdown(&self) {
-        let _ = rabbitmqctl(&self.node, &["stop"]);
-        if std::env::var_os("LABMQ_KEEP_BROKER").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        let _ = self.files.rabbit.ctl(&self.node, &["stop"]);
+        self.files.remove();
     }
 }
 
