@@ -157,7 +157,7 @@ async fn handle_and_deliver(
         .as_ref()
         .and_then(|h| h.inner().get(ONE_TASK_HEADER).cloned())
         == Some(lapin::types::AMQPValue::Boolean(true));
-    let earlier = earlier_deliveries(delivery.properties.headers().as_ref());
+    let earlier = earlier_deliveries(delivery.properties.headers().as_ref(), delivery.redelivered);
     let verdict = context
         .handler
         .handle_body(message_id, &delivery.data, one_task, earlier)

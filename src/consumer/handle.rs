@@ -250,10 +250,15 @@ fn task_text_bytes(task: &Task) -> usize {
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 /// How many times the message was delivered before this delivery, as the broker counts
-/// them in [`DELIVERY_COUNT_HEADER`]: 0 when the header is absent (a first delivery, a
-/// classic queue), or not a non-negative integer (a publisher's own header of that name
-/// on a classic queue, which no broker would send).
-pub fn earlier_deliveries(headers: Option<&FieldTable>) -> u32 {
+/// them in [`DELIVERY_COUNT_HEADER`]. 0 for a first delivery (`redelivered` unset), whatever
+/// the header says: RabbitMQ 4 passes a publisher's own header of that name through on a
+/// first delivery (a copy republished from the dead-letter queue, a confused or hostile
+/// publisher), and only sets it once the message has come back. 0 too when the header is
+/// absent (a classic queue) or not a non-negative integer.
+pub fn earlier_deliveries(headers: Option<&FieldTable>, redelivered: bool) -> u32 {
+    if !redelivered {
+        return 0;
+    }
     let Some(value) = headers.and_then(|h| h.inner().get(DELIVERY_COUNT_HEADER)) else {
         return 0;
     };
@@ -493,6 +498,50 @@ mod tests {
     }
 
     #[test]
+    fn earlier_deliveries_come_from_a_redelivery_s_integer_count_only() {
+        let with = |value: AMQPValue| {
+            let mut table = FieldTable::default();
+            table.insert(DELIVERY_COUNT_HEADER.into(), value);
+            table
+        };
+        assert_eq!(earlier_deliveries(None, true), 0);
+        assert_eq!(earlier_deliveries(Some(&FieldTable::default()), true), 0);
+        // What 3.x and 4.x send: a long (signed 64-bit).
+        assert_eq!(
+            earlier_deliveries(Some(&with(AMQPValue::LongLongInt(19))), true),
+            19
+        );
+        assert_eq!(
+            earlier_deliveries(Some(&with(AMQPValue::LongInt(3))), true),
+            3
+        );
+        assert_eq!(
+            earlier_deliveries(Some(&with(AMQPValue::ShortShortUInt(7))), true),
+            7
+        );
+        // A first delivery: the publisher's header, not the broker's count.
+        assert_eq!(
+            earlier_deliveries(Some(&with(AMQPValue::LongLongInt(19))), false),
+            0
+        );
+        // Not a count.
+        for value in [
+            AMQPValue::LongLongInt(-1),
+            AMQPValue::LongLongInt(i64::MAX),
+            AMQPValue::LongString("19".into()),
+            AMQPValue::Double(19.0),
+            AMQPValue::Boolean(true),
+            AMQPValue::FieldTable(FieldTable::default()),
+        ] {
+            assert_eq!(
+                earlier_deliveries(Some(&with(value.clone())), true),
+                0,
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
     fn intended_kind_follows_prefix() {
         assert_eq!(intended_kind("fact:abc"), Some(TaskKind::Factorial));
         assert_eq!(intended_kind("freq:"), Some(TaskKind::FrequentLetter));
@@ -653,6 +702,57 @@ mod tests {
             prop_assert!(encoded_table_bytes(&headers) + 4096 < 131_072);
             let _ = persistent("application/json", &message_key(None, b""));
         }
+    }
+
+    /// At `delivery_limit` the message is dead-lettered before any call (the server here
+    /// does not exist, and is never asked), its earlier deliveries counted as attempts.
+    #[test]
+    fn a_message_at_its_delivery_limit_is_dead_lettered_unprocessed() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = rt.enter();
+        let client =
+            ComputeClient::lazy(&["127.0.0.1:1".to_owned()], &ClientOptions::default()).unwrap();
+        let handler = Handler {
+            client: Arc::new(client),
+            retry: RetryPolicy {
+                initial: Duration::from_millis(20),
+                max: Duration::from_millis(200),
+                max_attempts: 3,
+            },
+            limits: limits(),
+            delivery_limit: 20,
+            status: Arc::new(StatusBoard::default()),
+            shutdown: CancellationToken::new(),
+            metrics: super::super::metrics::ConsumerMetrics::new(
+                &crate::daemon::metrics::Metrics::new().unwrap(),
+            )
+            .unwrap(),
+        };
+        let Verdict::Done {
+            results,
+            dead_letter,
+        } = rt.block_on(handler.handle_body("m", b"fact:5,fact:6", false, 19))
+        else {
+            panic!("abandoned");
+        };
+        assert_eq!(results.len(), 1, "one result for the message as a whole");
+        let error = dead_letter.expect("dead-lettered");
+        assert_eq!(error.code, codes::DELIVERY_LIMIT);
+        assert!(
+            error.message.contains("delivered 20 times"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.contains("delivery_limit (20)"),
+            "{}",
+            error.message
+        );
+        assert_eq!(results[0].attempts, 19);
+        assert_eq!(results[0].task, "fact:5,fact:6");
     }
 
     /// The whole handler against a real labmq-server: arbitrary bodies always end in
