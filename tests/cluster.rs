@@ -11,6 +11,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
 use support::amqp::{
     Amqp, CONSUMER_BIN, ConsumerSetup, ResultCounter, mixed_tasks, produce_tasks, unique,
+    wait_status_containing,
 };
 use support::cluster::{Cluster, message_count};
 use support::rabbit::{Rabbit, SharedBroker};
@@ -169,6 +170,7 @@ fn three_node_cluster_failover_mid_stream_loses_nothing() {
         .arg(config.as_os_str())
         .spawn_in(dir);
     consumer.wait_ready(READY_TIMEOUT);
+    wait_status_containing(&mut consumer, "consuming from", READY_TIMEOUT);
 
     let first_port = serving_port(&consumer).expect("a 'connected to RabbitMQ node' line");
     let node = cluster.by_port(first_port);

@@ -14,8 +14,12 @@ use serde_json::Value;
 use support::amqp::{
     ConsumerSetup, ResultWatch, mixed_tasks, produce, produce_tasks, wait_status_containing,
 };
+use support::metrics::{Exposition, metrics_addr, scrape};
 use support::rabbit::{PrivateBroker, Rabbit, SHARED_AMQP_URL};
-use support::{Daemon, EXIT_TIMEOUT, Server, ServerOptions, free_addr, send_signal, spawn_server};
+use support::{
+    Daemon, EXIT_TIMEOUT, READY_TIMEOUT, Server, ServerOptions, free_addr, send_signal,
+    spawn_server,
+};
 
 const ALL_RESULTS_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -421,6 +425,63 @@ crate::on_brokers!(
     held_task_survives_25_sigkills,
     held_task_survives_25_sigterms,
 );
+
+/// labmq-consumer is ready (READY=1) once it has started, whether or not the broker
+/// answers: with the broker down it says what it waits for in its status line, and
+/// `labmq_consumer_consuming` is 0; once the broker is up it consumes (the metric is 1)
+/// and tasks flow. So `systemctl start` and a boot never wait for the broker
+/// (packaging/e2e checks that on booted systems); before, READY=1 came only once
+/// consuming.
+#[test]
+fn consumer_is_ready_while_the_broker_is_down_and_says_what_it_waits_for() {
+    let broker = PrivateBroker::start(Rabbit::V4_0);
+    broker.stop_app();
+    let server = spawn_server("");
+    let setup = ConsumerSetup::new(&broker.url(), &[server.url()])
+        .with_extra("metrics_listen = \"127.0.0.1:0\"\n");
+    let mut consumer = setup.spawn();
+    let shown = format!("RabbitMQ at amqp://guest@127.0.0.1:{}/%2f", broker.port);
+    let ready = consumer.wait_ready(READY_TIMEOUT);
+    assert!(ready.contains(&format!("connecting to {shown}")), "{ready}");
+    let waiting = wait_status_containing(
+        &mut consumer,
+        &format!("waiting for {shown}: "),
+        Duration::from_secs(30),
+    );
+    assert!(
+        waiting.to_lowercase().contains("connection refused"),
+        "{waiting}"
+    );
+    assert!(!waiting.contains("guest:guest"), "{waiting}");
+    let metrics = metrics_addr(&mut consumer, READY_TIMEOUT);
+    let down = Exposition::parse(&scrape(metrics));
+    assert_eq!(
+        down.value("labmq_consumer_consuming", &[]),
+        0.0,
+        "{}",
+        down.text
+    );
+    assert_eq!(down.value("labmq_consumer_broker_connected", &[]), 0.0);
+
+    broker.start_app();
+    wait_status_containing(&mut consumer, "consuming from", Duration::from_secs(60));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while Exposition::parse(&scrape(metrics)).value("labmq_consumer_consuming", &[]) != 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "labmq_consumer_consuming never 1"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, stdout, stderr) = produce(
+        &broker.url(),
+        &["--queue", &setup.queue, "--wait", "fact:5"],
+        "",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), "fact:5 => 120");
+    assert!(consumer.stop(EXIT_TIMEOUT).success());
+}
 
 /// A consumer with 5,000 mixed tasks published, 1,000 of whose results have arrived.
 struct MidStream {

@@ -479,9 +479,37 @@ fn consumer_cancelled_by_the_broker_recovers(broker: &SharedBroker) {
     assert!(consumer.stop(EXIT_TIMEOUT).success());
 }
 
+/// A clean stop is quiet: SIGTERM while tasks flow (some done, some in flight, more
+/// prefetched) drains, exits 0 and logs INFO lines only. Before, lapin closing the
+/// dropped channels after the connection's close had begun logged `ERROR Connection
+/// error error=invalid channel state: Closing` on every stop.
+fn sigterm_drains_and_logs_nothing_above_info(broker: &SharedBroker) {
+    eprintln!("{}", broker.describe());
+    let server = server();
+    let setup = ConsumerSetup::new(broker.url, &[server.url()]);
+    let watch = ResultWatch::start(broker.url, &setup.results_exchange);
+    let mut consumer = setup.start();
+    produce_tasks(broker.url, &setup.queue, &mixed_tasks(2000));
+    watch.counter.wait_for_count(200, RESULTS_TIMEOUT);
+    consumer.terminate();
+    let status = consumer.wait_exit(EXIT_TIMEOUT);
+    assert!(status.success(), "{status}\n{}", consumer.stderr());
+    let log = consumer.stderr();
+    for line in log.lines() {
+        assert!(
+            !line.contains(" ERROR ") && !line.contains(" WARN "),
+            "a clean stop logged: {line}\n{log}"
+        );
+    }
+    for said in ["draining in-flight tasks", "labmq-consumer stopped"] {
+        assert!(log.contains(said), "{said:?} missing:\n{log}");
+    }
+}
+
 crate::on_brokers!(
     shared: quorum_queue_type_declares_quorum_queues,
     consumer_cancelled_by_the_broker_recovers,
+    sigterm_drains_and_logs_nothing_above_info,
 );
 
 /// At info, a busy consumer writes summaries, not a record per task: tasks by kind and

@@ -1,8 +1,9 @@
 """Wire compatibility with plain pika clients, as the original lab's Part 2 wrote them.
 
-mode "produce": declare the task queue the pika way (durable=True, no arguments), publish
-plain UTF-8 bodies with no properties, and read the consumer's JSON result documents
-from a queue bound to the results exchange.
+mode "produce": declare the task queue the pika way (durable=True, no arguments; with a
+fifth argument "quorum", arguments={"x-queue-type": "quorum"}, as a pika user of a quorum
+queue writes it), publish plain UTF-8 bodies with no properties, and read the consumer's
+JSON result documents from a queue bound to the results exchange.
 
 mode "consume": take the messages labmq-produce published, as a plain pika consumer would,
 and print what it sees (one JSON line per message) for the Rust test to check.
@@ -18,10 +19,11 @@ def connect(url):
     return pika.BlockingConnection(pika.URLParameters(url))
 
 
-def produce(url, queue, results_exchange):
+def produce(url, queue, results_exchange, queue_type):
     connection = connect(url)
     channel = connection.channel()
-    channel.queue_declare(queue=queue, durable=True)
+    arguments = {"x-queue-type": "quorum"} if queue_type == "quorum" else None
+    channel.queue_declare(queue=queue, durable=True, arguments=arguments)
     channel.exchange_declare(exchange=results_exchange, exchange_type="fanout", durable=True)
     results = channel.queue_declare(queue="", exclusive=True).method.queue
     channel.queue_bind(queue=results, exchange=results_exchange)
@@ -67,6 +69,6 @@ def consume(url, queue, count):
 if __name__ == "__main__":
     mode, url, queue = sys.argv[1:4]
     if mode == "produce":
-        produce(url, queue, sys.argv[4])
+        produce(url, queue, sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else "classic")
     else:
         consume(url, queue, int(sys.argv[4]))

@@ -168,16 +168,21 @@ impl SharedBroker {
     /// "RabbitMQ 4.0.5 at amqp://…:5673", for a test's output.
     pub fn describe(&self) -> String {
         let version = self.ctl(&["eval", "rabbit_misc:version()."]);
-        let port = self
-            .url
+        format!(
+            "RabbitMQ {} at 127.0.0.1:{}",
+            version.trim().trim_matches('"'),
+            self.port()
+        )
+    }
+
+    /// Its AMQP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.url
             .trim_end_matches("/%2f")
             .rsplit(':')
             .next()
-            .unwrap_or_default();
-        format!(
-            "RabbitMQ {} at 127.0.0.1:{port}",
-            version.trim().trim_matches('"')
-        )
+            .and_then(|port| port.parse().ok())
+            .expect("a port in the shared broker's URL")
     }
 }
 
