@@ -197,7 +197,10 @@ impl SharedBroker {
 macro_rules! on_brokers {
     (shared: $($name:ident),+ $(,)?) => {
         mod rabbitmq3 {
-            $(#[test] fn $name() { super::$name(&$crate::support::rabbit::RABBITMQ3) })+
+            $(#[test] fn $name() {
+                $crate::support::rabbit::require_host_3x();
+                super::$name(&$crate::support::rabbit::RABBITMQ3)
+            })+
         }
         mod rabbitmq4 {
             $(#[test] fn $name() { super::$name(&$crate::support::rabbit::RABBITMQ4) })+
@@ -205,7 +208,10 @@ macro_rules! on_brokers {
     };
     (private: $($name:ident),+ $(,)?) => {
         mod rabbitmq3 {
-            $(#[test] fn $name() { super::$name($crate::support::rabbit::Rabbit::Host) })+
+            $(#[test] fn $name() {
+                $crate::support::rabbit::require_host_3x();
+                super::$name($crate::support::rabbit::Rabbit::Host)
+            })+
         }
         mod rabbitmq4_0 {
             $(#[test] fn $name() { super::$name($crate::support::rabbit::Rabbit::V4_0) })+
@@ -214,6 +220,17 @@ macro_rules! on_brokers {
             $(#[test] fn $name() { super::$name($crate::support::rabbit::Rabbit::V4_3) })+
         }
     };
+}
+
+/// The `rabbitmq3::` tests need the host's RabbitMQ to be a 3.x (Debian 12's 3.10): on
+/// a host whose package is 4.x (Debian 13) their names would lie.
+pub fn require_host_3x() {
+    let version = RABBITMQ3.ctl(&["eval", "rabbit_misc:version()."]);
+    let version = version.trim().trim_matches('"');
+    assert!(
+        version.starts_with("3."),
+        "the host's RabbitMQ at 127.0.0.1:5672 is {version}, not 3.x: the rabbitmq3 tests need Debian 12's rabbitmq-server (3.10)"
+    );
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(90);
