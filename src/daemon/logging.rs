@@ -40,9 +40,19 @@ impl LogControl {
     }
 }
 
+/// The filter of `level`, with lapin's own records off unless `level` names lapin: they
+/// repeat what labmq logs itself with its cause (every broker failure), and lapin calls
+/// ERROR what is expected (a channel the broker closes after a passive declare of a
+/// queue that is gone, a channel closing while its connection closes).
+/// `log_level = "info,lapin=debug"` shows them.
 fn parse_filter(level: &str) -> Result<EnvFilter, LoggingError> {
+    let directives = if level.contains("lapin") {
+        level.to_owned()
+    } else {
+        format!("{level},lapin=off")
+    };
     EnvFilter::builder()
-        .parse(level)
+        .parse(&directives)
         .map_err(|source| LoggingError::Level {
             level: level.to_owned(),
             source,
@@ -129,4 +139,18 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lapin_is_off_unless_the_level_names_it() {
+        let quiet = parse_filter("info").unwrap().to_string();
+        assert!(quiet.contains("lapin=off"), "{quiet}");
+        let chatty = parse_filter("info,lapin=debug").unwrap().to_string();
+        assert!(!chatty.contains("lapin=off"), "{chatty}");
+        assert!(chatty.contains("lapin=debug"), "{chatty}");
+    }
 }
