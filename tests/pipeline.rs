@@ -464,7 +464,8 @@ fn consumer_cancelled_by_the_broker_recovers(broker: &SharedBroker) {
         q = setup.queue
     );
     assert_eq!(log.matches(&cancelled).count(), 1, "{log}");
-    // The same connection: no reconnect, no outage line.
+    // The same connection: no reconnect, no outage line, nothing logged as an error.
+    assert!(!log.contains(" ERROR "), "{log}");
     assert_eq!(
         log.matches("connected to RabbitMQ node").count(),
         1,
