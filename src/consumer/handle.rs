@@ -704,18 +704,9 @@ mod tests {
         }
     }
 
-    /// At `delivery_limit` the message is dead-lettered before any call (the server here
-    /// does not exist, and is never asked), its earlier deliveries counted as attempts.
-    #[test]
-    fn a_message_at_its_delivery_limit_is_dead_lettered_unprocessed() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let _entered = rt.enter();
-        let client =
-            ComputeClient::lazy(&["127.0.0.1:1".to_owned()], &ClientOptions::default()).unwrap();
-        let handler = Handler {
+    /// A handler of `client` with the test's limits and quick retries.
+    fn test_handler(client: ComputeClient) -> Handler {
+        Handler {
             client: Arc::new(client),
             retry: RetryPolicy {
                 initial: Duration::from_millis(20),
@@ -730,7 +721,21 @@ mod tests {
                 &crate::daemon::metrics::Metrics::new().unwrap(),
             )
             .unwrap(),
-        };
+        }
+    }
+
+    /// At `delivery_limit` the message is dead-lettered before any call (the server here
+    /// does not exist, and is never asked), its earlier deliveries counted as attempts.
+    #[test]
+    fn a_message_at_its_delivery_limit_is_dead_lettered_unprocessed() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = rt.enter();
+        let client =
+            ComputeClient::lazy(&["127.0.0.1:1".to_owned()], &ClientOptions::default()).unwrap();
+        let handler = test_handler(client);
         let Verdict::Done {
             results,
             dead_letter,
@@ -783,22 +788,7 @@ mod tests {
         let _entered = rt.enter();
         let client =
             ComputeClient::lazy(&[format!("127.0.0.1:{port}")], &ClientOptions::default()).unwrap();
-        let handler = Handler {
-            client: Arc::new(client),
-            retry: RetryPolicy {
-                initial: Duration::from_millis(20),
-                max: Duration::from_millis(200),
-                max_attempts: 3,
-            },
-            limits: limits(),
-            delivery_limit: 20,
-            status: Arc::new(StatusBoard::default()),
-            shutdown: CancellationToken::new(),
-            metrics: super::super::metrics::ConsumerMetrics::new(
-                &crate::daemon::metrics::Metrics::new().unwrap(),
-            )
-            .unwrap(),
-        };
+        let handler = test_handler(client);
         let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
             cases: 96,
             ..ProptestConfig::default()
