@@ -7,10 +7,10 @@
 declare -A LABMQ_DEB_DIR=([amd64]=target/debian [arm64]=target/debian-arm64)
 declare -A LABMQ_TRIPLE=([amd64]=x86_64-unknown-linux-gnu [arm64]=aarch64-unknown-linux-gnu)
 
-# A TCP port on 127.0.0.1 that the kernel reports free (free when printed; the caller
-# binds it soon after).
+# A TCP port on ADDRESS (default 127.0.0.1) that the kernel reports free (free when
+# printed; the caller binds it soon after).
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 -c 'import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' "${1:-127.0.0.1}"
 }
 
 # A root made once by `debootstrap --no-check-gpg ARGS... DIR [MIRROR [SCRIPT]]` and kept:
