@@ -13,7 +13,7 @@
 # (the host side of its veth is vb-BRIDGE-mK, at most 15 characters), its hostname the
 # role the caller gives it.
 
-declare -A MACHINE_PID=() MACHINE_LEADER=() MACHINE_NAME=() MACHINE_BRIDGE=()
+declare -A MACHINE_PID=() MACHINE_LEADER=() MACHINE_NAME=() MACHINE_BRIDGE=() MACHINE_CGROUPS=()
 MACHINE_BRIDGES=() # the bridges this process made, removed by machines_teardown
 NET_BRIDGE=
 NET_SUBNET=
@@ -59,16 +59,46 @@ machine_boot() {
     MACHINE_NAME[$m]=$bridge-m$((${#MACHINE_NAME[@]} + 1))
     MACHINE_BRIDGE[$m]=$bridge
   fi
-  # The unified cgroup hierarchy (cgroup v2) whatever the host mounts: systemd 256 and
-  # newer (Ubuntu 26.04's) refuse to boot on the legacy one, which nspawn gives a machine
-  # on a host with the hybrid layout (this Debian 12 host); Ubuntu 21.10+ and Debian 11+
-  # boot unified by default.
-  SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 setsid systemd-nspawn --quiet --boot --volatile=overlay --register=no --keep-unit \
+  # systemd 258 and newer (Ubuntu 26.04's) refuse to boot on the legacy cgroup hierarchy,
+  # which nspawn gives a machine on a host with the hybrid layout (this Debian 12 host):
+  # theirs get the unified one. Older ones keep nspawn's choice (under the forced
+  # unified hierarchy, systemd 245 and 255 answer `systemctl kill` with EIO).
+  local nspawn_env=() systemd
+  systemd=$(sed -n '/^Package: systemd$/,/^$/s/^Version: \([0-9]*\).*/\1/p' "$root/var/lib/dpkg/status")
+  [ "${systemd:-0}" -lt 258 ] || nspawn_env=(SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1)
+  # A cgroup of the machine's own. With --keep-unit nspawn puts the machine in its own
+  # cgroup (its "payload" subgroup): machines started from one shell would share one, and
+  # the systemd of each would manage the others' units (a SIGKILL of one machine's
+  # labmq-consumer.service killing another's). On a host booted with systemd, a scope with
+  # delegation; on one without (this one, CI's), a directory in each hierarchy nspawn uses.
+  local launcher=() dirs=() d
+  if [ -d /run/systemd/system ]; then
+    launcher=(systemd-run --quiet --scope -p Delegate=yes --unit="${MACHINE_NAME[$m]}-$$.scope")
+  else
+    for d in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
+      [ -e "$d/cgroup.procs" ] || continue
+      [ "$d" != /sys/fs/cgroup ] || [ ${#dirs[@]} -eq 0 ] || continue
+      mkdir -p "$d/labmq-e2e/${MACHINE_NAME[$m]}"
+      dirs+=("$d/labmq-e2e/${MACHINE_NAME[$m]}")
+    done
+  fi
+  MACHINE_CGROUPS[$m]="${dirs[*]}"
+  setsid sh -c 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ >"$1/cgroup.procs"; shift; n=$((n - 1)); done; exec "$@"' \
+    sh "${#dirs[@]}" "${dirs[@]}" "${launcher[@]}" env "${nspawn_env[@]}" \
+    systemd-nspawn --quiet --boot --volatile=overlay --register=no --keep-unit \
     --machine="${MACHINE_NAME[$m]}" --hostname="$m" --timezone=off --resolv-conf=off \
     --network-bridge="$bridge" "$@" -D "$root" \
     </dev/null >"$MACHINES_RUN/console-$m.log" 2>&1 &
   MACHINE_PID[$m]=$!
   MACHINE_LEADER[$m]=
+}
+# Removes machine M's cgroups (innermost first) once it is down.
+machine_cgroups_rm() {
+  local d
+  for d in ${MACHINE_CGROUPS[$1]:-}; do
+    [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
+  MACHINE_CGROUPS[$1]=
 }
 
 # machine_await M ADDR: waits until machine M's systemd has finished booting (running or
@@ -157,12 +187,14 @@ machine_stop() {
   fi
   MACHINE_PID[$m]=
   MACHINE_LEADER[$m]=
+  machine_cgroups_rm "$m"
 }
 # After `systemctl poweroff` inside M: waits for its nspawn to exit.
 machine_gone() {
   wait "${MACHINE_PID[$1]}" 2>/dev/null || true
   MACHINE_PID[$1]=
   MACHINE_LEADER[$1]=
+  machine_cgroups_rm "$1"
 }
 
 # machines_teardown [failed]: every machine powered off (in parallel), every bridge of
@@ -188,6 +220,7 @@ machines_teardown() {
     [ -z "${MACHINE_PID[$m]}" ] || kill -KILL "${MACHINE_PID[$m]}" 2>/dev/null || true
     MACHINE_PID[$m]=
     MACHINE_LEADER[$m]=
+    machine_cgroups_rm "$m"
   done
   for m in "${MACHINE_BRIDGES[@]}"; do ip link del "$m" 2>/dev/null || true; done
   MACHINE_BRIDGES=()

@@ -54,6 +54,38 @@ fn unknown_arguments_print_the_usage() {
     refused("e2e", &["solaris"], &[], 2, &["unknown SYSTEM solaris"]);
 }
 
+/// packaging/e2e knows the systems of its table (packaging/e2e-systems.sh), `all` and
+/// `matrix`, and names them when it refuses one; a bad one among good ones is refused
+/// before anything runs.
+#[test]
+fn e2e_names_the_systems_it_knows() {
+    let known = [
+        "focal", "jammy", "noble", "resolute", "bookworm", "trixie", "all", "matrix", "cluster",
+    ];
+    refused("e2e", &["solaris"], &[], 2, &known);
+    refused(
+        "e2e",
+        &["focal", "bionic"],
+        &[],
+        2,
+        &["unknown SYSTEM bionic"],
+    );
+    refused("e2e", &["matrix", "sid"], &[], 2, &["unknown SYSTEM sid"]);
+    // bullseye stood in for focal when the Ubuntu archive could not be reached; every
+    // system is now a row of the table, and bullseye is not one.
+    refused("e2e", &["bullseye"], &[], 2, &["unknown SYSTEM bullseye"]);
+    refused("e2e", &[], &[], 2, &["Usage: packaging/e2e SYSTEM"]);
+    for parallel in ["0", "two", "-1"] {
+        refused(
+            "e2e",
+            &["all"],
+            &[("LABMQ_E2E_PARALLEL", parallel)],
+            2,
+            &["LABMQ_E2E_PARALLEL"],
+        );
+    }
+}
+
 #[test]
 fn build_debs_names_an_unknown_architecture_or_package() {
     refused(
