@@ -322,10 +322,17 @@ impl NodeFiles {
 
     /// `rabbitmq-server -detached` for this node (returns once the VM is launched).
     pub fn boot(&self) {
+        self.boot_with_env(&[]);
+    }
+
+    /// [`Self::boot`] with more environment variables for `rabbitmq-server`, e.g.
+    /// `RABBITMQ_DEFAULT_USER`, which RabbitMQ reads itself (as in its Docker image).
+    pub fn boot_with_env(&self, env: &[(&str, &str)]) {
         let inside = &self.inside;
         let status = self
             .rabbit
             .command("env")
+            .args(env.iter().map(|(key, value)| format!("{key}={value}")))
             .arg(format!("RABBITMQ_NODENAME={}", self.name))
             .arg(format!("RABBITMQ_NODE_PORT={}", self.port))
             .arg(format!("RABBITMQ_DIST_PORT={}", self.dist_port))
