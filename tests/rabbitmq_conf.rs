@@ -8,9 +8,9 @@
 //!   cluster by `classic_config` peer discovery alone, the first booted first as in
 //!   `docker-compose.cluster.yml`, and a queue declared without `x-queue-type` is a quorum
 //!   queue with a member on each node.
-//! - `labmq-definitions.json`, applied as `docker-compose.yml`'s `rabbitmq-policies` does
-//!   (`rabbitmqctl import_definitions` once the node is up) to a node booted as the Docker
-//!   image boots it (the user from `RABBITMQ_DEFAULT_USER`, no guest): the user stays,
+//! - `labmq-definitions.json`, applied by the script of `docker-compose.yml`'s
+//!   `rabbitmq-policies` service (`rabbitmqctl import_definitions` once the node is up,
+//!   until `list_policies` shows both) to a node booted as the Docker image boots it (the user from `RABBITMQ_DEFAULT_USER`, no guest): the user stays,
 //!   `list_policies` shows both policies as the file has them, a quorum `task_queue` made
 //!   before the import (by a plain client, as the previous labmq release or pika would) gets
 //!   them in place with its task, a task returned 21 times (get, then the connection closes,
@@ -18,6 +18,8 @@
 //!   `x-first-death-reason: delivery_limit`, and stays there through 25 more returns.
 //! - Why the file is not loaded at boot: a blank node importing it at boot does not boot
 //!   (no vhost `/`), and one importing it with vhost `/` added creates no default user.
+//! - On the host's RabbitMQ 3.10 (`rabbitmq3::…`), what the docs tell 3.x users: the file
+//!   is refused (delivery-limit -1), its `labmq-task-queue` alone is taken by `set_policy`.
 
 mod support;
 
@@ -34,6 +36,7 @@ use support::rabbit::{NodeFiles, PrivateBroker, Rabbit};
 const LABMQ_CONF: &str = include_str!("../packaging/rabbitmq/20-labmq.conf");
 const CLUSTER_CONF: &str = include_str!("../packaging/rabbitmq/30-cluster.conf");
 const DEFINITIONS: &str = include_str!("../packaging/rabbitmq/labmq-definitions.json");
+const COMPOSE: &str = include_str!("../docker-compose.yml");
 
 /// How long a node may take to boot (a 4.x node takes about 5 s) or a cluster to settle.
 const NODE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -59,6 +62,14 @@ on_rabbitmq4!(
     definitions_dead_letter_a_task_at_the_delivery_limit_and_keep_the_default_user,
     definitions_loaded_at_boot_would_lose_the_default_user,
 );
+
+/// RabbitMQ 3.x (the host's 3.10), for what docs/deploy-cluster.md tells its users.
+mod rabbitmq3 {
+    #[test]
+    fn definitions_are_refused_but_the_task_queue_policy_alone_is_taken() {
+        super::definitions_on_rabbitmq3(super::Rabbit::Host)
+    }
+}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -312,9 +323,9 @@ fn labmq_conf_refuses_bodies_over_4_mib(rabbit: Rabbit) {
 /// as `docker-compose.cluster.yml` starts them: the first, then the other two once the
 /// first passes the healthcheck (`rabbitmq-diagnostics ping`). They form one cluster by
 /// `classic_config` peer discovery alone (nothing calls `join_cluster`): on 4.x a blank
-/// node listing three nodes waits until it reaches another one (30 tries, about 90 s on
-/// this machine, before it gives up and boots alone), so the first finishes its boot only
-/// once the others run. A durable queue declared without `x-queue-type` is a quorum
+/// node listing three nodes waits until it reaches another one (a 4.3.6 node alone gave
+/// up and booted by itself after 99 s on the test machine), so the first finishes its
+/// boot only once the others run. A durable queue declared without `x-queue-type` is a quorum
 /// queue with a member on each node.
 fn cluster_conf_forms_a_cluster_whose_default_queue_type_is_quorum(rabbit: Rabbit) {
     let nodes = Nodes((0..3).map(|_| node_files(rabbit, "labmqcf", "")).collect());
@@ -544,6 +555,47 @@ async fn next_delivery(url: &str, check: &Connection) -> (&'static str, Vec<u8>,
     }
 }
 
+/// The shell script of docker-compose.yml's `rabbitmq-policies` service, as compose hands
+/// it to `sh -ec` (`$$` is compose's escape for `$`), made to run against `files`' node:
+/// the node name, the definitions file and its marker file rewritten to the node's, and
+/// `exec sleep infinity` (idling, healthy) to `exit 0`. packaging/check-compose checks
+/// that docker-compose.cluster.yml runs the same script.
+fn compose_policies_script(files: &NodeFiles, definitions: &str) -> String {
+    let mut lines = COMPOSE
+        .lines()
+        .skip_while(|line| *line != "  rabbitmq-policies:")
+        .skip_while(|line| *line != "      - |")
+        .skip(1);
+    let mut script = String::new();
+    for line in lines.by_ref() {
+        match line.strip_prefix("        ") {
+            Some(text) => script.push_str(text),
+            None if line.trim().is_empty() => {}
+            None => break,
+        }
+        script.push('\n');
+    }
+    assert!(
+        !script.is_empty(),
+        "docker-compose.yml: no `rabbitmq-policies:` service with a `command: [sh, -ec, |script]`"
+    );
+    let marker = files.node_path("labmq-policies-set");
+    let mut script = script.replace("$$", "$");
+    for (from, to) in [
+        ("rabbit@labmq-rabbitmq", files.name.as_str()),
+        ("/etc/rabbitmq/labmq-definitions.json", definitions),
+        ("/tmp/labmq-policies-set", marker.as_str()),
+        ("exec sleep infinity", "exit 0"),
+    ] {
+        assert!(
+            script.contains(from),
+            "rabbitmq-policies' script in docker-compose.yml has no {from:?}:\n{script}"
+        );
+        script = script.replace(from, to);
+    }
+    script
+}
+
 /// `labmq-definitions.json` as docker-compose.yml applies it: the node boots as the
 /// Docker image boots it (RabbitMQ creates `RABBITMQ_DEFAULT_USER` itself, no guest, and
 /// `20-labmq.conf`), a plain client has a quorum `task_queue` (and `task_queue.dead`)
@@ -598,9 +650,32 @@ fn definitions_dead_letter_a_task_at_the_delivery_limit_and_keep_the_default_use
 
     // What rabbitmq-policies runs once the node is healthy.
     let path = put_file(node, "labmq-definitions.json", DEFINITIONS);
-    node.ctl(&["await_startup"]);
-    node.ctl(&["import_definitions", &path]);
+    let script = compose_policies_script(node, &path);
+    let mut command = node.rabbit.command("sh");
+    command.args(["-ec", &script]);
+    let ran = support::output_within(command, NODE_TIMEOUT);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ran.stdout),
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert!(
+        ran.status.success() && said.contains("labmq policies set"),
+        "{version}: docker-compose.yml's rabbitmq-policies script ({}):\n{said}",
+        ran.status
+    );
+    assert!(
+        node.dir.join("labmq-policies-set").exists(),
+        "{version}: rabbitmq-policies' healthcheck file was not made"
+    );
 
+    wait_policies_applied(
+        node,
+        &[
+            ("task_queue", "labmq-task-queue"),
+            ("task_queue.dead", "labmq-dead-letters"),
+        ],
+    );
     let listed = listed_policies(node);
     let mut expected: Vec<_> = expected_policies
         .as_array()
@@ -617,13 +692,6 @@ fn definitions_dead_letter_a_task_at_the_delivery_limit_and_keep_the_default_use
         .collect();
     expected.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(listed, expected, "{version}: list_policies");
-    wait_policies_applied(
-        node,
-        &[
-            ("task_queue", "labmq-task-queue"),
-            ("task_queue.dead", "labmq-dead-letters"),
-        ],
-    );
     let users_after = node.ctl(&["list_users", "-q", "--no-table-headers"]);
     assert_eq!(
         users_after, users,
@@ -773,12 +841,65 @@ fn definitions_loaded_at_boot_would_lose_the_default_user(rabbit: Rabbit) {
         "",
         "{version}: users after a boot-time import: RabbitMQ now creates the default user, revisit docs/deploy-cluster.md (Policies)"
     );
-    assert_eq!(
-        listed_policies(node).len(),
-        2,
-        "{version}: the policies imported at boot"
-    );
+    let deadline = Instant::now() + NODE_TIMEOUT;
+    while listed_policies(node).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "{version}: the policies imported at boot are not listed: {:?}",
+            listed_policies(node)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     eprintln!(
         "{version}: importing labmq-definitions.json at boot stops a blank node's boot (no vhost /); with vhost / added it boots with no user at all (RABBITMQ_DEFAULT_USER ignored)"
+    );
+}
+
+/// RabbitMQ 3.x refuses `labmq-definitions.json` (`delivery-limit` -1 is 4.0's), so
+/// docs/deploy-cluster.md gives 3.10-3.13 the first policy alone, by `rabbitmqctl
+/// set_policy` with the file's definition: taken as it is.
+fn definitions_on_rabbitmq3(rabbit: Rabbit) {
+    let policies = file_policies();
+    let nodes = Nodes(vec![node_files(rabbit, "labmqdef3", "")]);
+    let node = &nodes.0[0];
+    node.boot();
+    node.wait_serving(NODE_TIMEOUT);
+    let version = describe(node);
+    let path = put_file(node, "labmq-definitions.json", DEFINITIONS);
+    let refused = rabbit.ctl(&node.name, &["import_definitions", &path]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        !refused.status.success() && said.contains("-1 is not a valid delivery limit"),
+        "{version}: import_definitions of labmq-definitions.json ({}): {said}",
+        refused.status
+    );
+    let task_queue = &policies[0];
+    assert_eq!(task_queue["name"], "labmq-task-queue");
+    let definition = task_queue["definition"].to_string();
+    node.ctl(&[
+        "set_policy",
+        "--apply-to",
+        "queues",
+        "labmq-task-queue",
+        "^task_queue$",
+        &definition,
+    ]);
+    let listed = listed_policies(node);
+    assert_eq!(
+        listed,
+        [(
+            "labmq-task-queue".to_owned(),
+            "^task_queue$".to_owned(),
+            "queues".to_owned(),
+            task_queue["definition"].clone()
+        )],
+        "{version}: list_policies"
+    );
+    eprintln!(
+        "{version}: labmq-definitions.json refused (-1 is not a valid delivery limit); labmq-task-queue alone set with set_policy {definition}"
     );
 }
