@@ -561,13 +561,13 @@ async fn next_delivery(url: &str, check: &Connection) -> (&'static str, Vec<u8>,
 /// `exec sleep infinity` (idling, healthy) to `exit 0`. packaging/check-compose checks
 /// that docker-compose.cluster.yml runs the same script.
 fn compose_policies_script(files: &NodeFiles, definitions: &str) -> String {
-    let mut lines = COMPOSE
+    let lines = COMPOSE
         .lines()
         .skip_while(|line| *line != "  rabbitmq-policies:")
         .skip_while(|line| *line != "      - |")
         .skip(1);
     let mut script = String::new();
-    for line in lines.by_ref() {
+    for line in lines {
         match line.strip_prefix("        ") {
             Some(text) => script.push_str(text),
             None if line.trim().is_empty() => {}
