@@ -52,6 +52,7 @@ make_root() {
   base=$(make_base_root "$system") || { echo "debootstrap $system failed (see $CACHE/$system.debootstrap.log)" >&2; return 1; }
   root=$CACHE/$system-rabbitmq
   marker="$(cat "$base.stamp") + $ROOT_RECIPE"
+  mkdir -p "$CACHE"
   exec {lockfd}>"$root.lock"
   flock "$lockfd"
   if [ -d "$root" ] && [ -f "$root.stamp" ] && [ "$(cat "$root.stamp")" = "$marker" ]; then
@@ -115,6 +116,8 @@ upstream_version() { local v=${1#*:}; echo "${v%%-*}"; }
 with_lock() {
   local file=$1 fd rc=0
   shift
+  # The cache directory may not exist yet on a new machine.
+  mkdir -p "$(dirname "$file")"
   exec {fd}>"$file"
   flock "$fd"
   "$@" || rc=$?
