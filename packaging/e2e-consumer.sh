@@ -122,11 +122,7 @@ print(records, ok, failed, warns, held)')
   [ "$(prop labmq-consumer Result)" = success ] || fail "consumer stop result $(prop labmq-consumer Result)"
   inside systemctl start labmq-consumer || fail "systemctl start labmq-consumer"
   pid=$(prop labmq-consumer MainPID)
-  local restarts
-  restarts=$(prop labmq-consumer NRestarts)
-  inside systemctl kill -s KILL labmq-consumer
-  wait_for 60 "[ \"\$(systemctl show -p NRestarts --value labmq-consumer)\" -gt $restarts ] && systemctl is-active --quiet labmq-consumer" ||
-    fail "no automatic restart of labmq-consumer after SIGKILL"
+  killed_and_restarted labmq-consumer 60
   say "stop: inactive, Result=success; SIGKILL: restarted (MainPID $pid -> $(prop labmq-consumer MainPID))"
   # Where the system's RabbitMQ is 4.x: the task queue as a quorum queue under the
   # policies an operator applies.

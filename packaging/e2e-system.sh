@@ -64,6 +64,15 @@ apt_update() {
 inside() { machine_exec "$SYSTEM" "$@"; }
 wait_for() { machine_wait "$SYSTEM" "$@"; }
 prop() { inside systemctl show -p "$2" --value "$1"; }
+# killed_and_restarted UNIT SECS: SIGKILLs the unit's main process and waits up to SECS for
+# systemd to have restarted it (NRestarts grew, active again); fails otherwise.
+killed_and_restarted() {
+  local unit=$1 secs=$2 restarts
+  restarts=$(prop "$unit" NRestarts)
+  inside systemctl kill -s KILL "$unit"
+  wait_for "$secs" "[ \"\$(systemctl show -p NRestarts --value $unit)\" -gt $restarts ] && systemctl is-active --quiet $unit" ||
+    fail "no automatic restart of $unit after SIGKILL (state $(inside systemctl is-active "$unit" || true))"
+}
 # A host command (curl) in the machine's network, where its services listen on 127.0.0.1.
 in_net() { machine_net "$SYSTEM" "$@"; }
 
@@ -289,14 +298,10 @@ ENV
   step "restart after SIGKILL"
   inside systemctl start labmq-server || fail "systemctl start labmq-server"
   pid=$(prop labmq-server MainPID)
-  local restarts
-  restarts=$(prop labmq-server NRestarts)
-  inside systemctl kill -s KILL labmq-server
-  wait_for 20 "[ \"\$(systemctl show -p NRestarts --value labmq-server)\" -gt $restarts ] && systemctl is-active --quiet labmq-server" ||
-    fail "no automatic restart after SIGKILL (state $(inside systemctl is-active labmq-server || true))"
+  killed_and_restarted labmq-server 20
   [ "$(prop labmq-server MainPID)" != "$pid" ] || fail "same MainPID after SIGKILL"
   inside labmq-call fact:5 | grep -qx 'fact:5 => 120' || fail "labmq-call after the restart"
-  say "systemctl kill -s KILL: restarted by systemd (MainPID $pid -> $(prop labmq-server MainPID), NRestarts $restarts -> $(prop labmq-server NRestarts)), serving again"
+  say "systemctl kill -s KILL: restarted by systemd (MainPID $pid -> $(prop labmq-server MainPID), NRestarts now $(prop labmq-server NRestarts)), serving again"
 
   step "restart without dropping calls (labmq-server.socket)"
   [ "$(inside systemctl is-active labmq-server.socket)" = active ] || fail "labmq-server.socket is not active"

@@ -97,15 +97,7 @@ fn quorum() -> FieldTable {
 }
 
 async fn declare_durable(channel: &Channel, queue: &str, arguments: FieldTable) {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            arguments,
-        )
+    labmq::amqp::topology::declare_queue(channel, queue, arguments)
         .await
         .unwrap_or_else(|e| panic!("declare {queue}: {e}"));
 }
@@ -113,15 +105,7 @@ async fn declare_durable(channel: &Channel, queue: &str, arguments: FieldTable) 
 /// Ready messages in `queue`, by a passive declare on a channel of its own.
 async fn ready(connection: &Connection, queue: &str) -> u32 {
     let channel = connection.create_channel().await.expect("open a channel");
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let declared = labmq::amqp::topology::inspect_queue(&channel, queue)
         .await
         .unwrap_or_else(|e| panic!("queue {queue} should exist: {e}"));
     let _ = channel.close(200, "".into()).await;
