@@ -340,6 +340,7 @@ pub struct ConsumerSetup {
 
 impl ConsumerSetup {
     pub fn new(amqp_url: &str, grpc_targets: &[String]) -> Self {
+        super::rabbit::say_broker(amqp_url);
         Self {
             amqp_url: amqp_url.to_owned(),
             queue: unique("tasks"),

@@ -146,6 +146,25 @@ pub const RABBITMQ4: SharedBroker = SharedBroker {
 /// The broker the suites run against: RabbitMQ 4.0, what people run today.
 pub const SHARED_AMQP_URL: &str = RABBITMQ4.url;
 
+/// Says on the test's output which broker `url` is (a test's output is shown when it
+/// fails): the shared nodes by name, any other by its URL without the password.
+pub fn say_broker(url: &str) {
+    let which = if url == RABBITMQ4.url {
+        "RabbitMQ 4.0, tests/rabbitmq4's shared node at 127.0.0.1:5673".to_owned()
+    } else if url == RABBITMQ3.url {
+        "RabbitMQ 3.10, the host's at 127.0.0.1:5672".to_owned()
+    } else {
+        let shown = match (url.find("://"), url.find('@')) {
+            (Some(scheme), Some(at)) if scheme < at => {
+                format!("{}{}", &url[..scheme + 3], &url[at + 1..])
+            }
+            _ => url.to_owned(),
+        };
+        format!("the broker at {shown}")
+    };
+    eprintln!("broker: {which}");
+}
+
 impl SharedBroker {
     /// `rabbitmqctl ARGS` against this node; panics with its stderr if it fails.
     pub fn ctl(&self, args: &[&str]) -> String {

@@ -32,6 +32,7 @@ pub struct WebSetup {
 impl WebSetup {
     /// A labmq-web with its own task queue, results exchange and results queue.
     pub fn new(amqp_url: &str) -> Self {
+        super::rabbit::say_broker(amqp_url);
         Self {
             amqp_url: amqp_url.to_owned(),
             queue: unique("web-tasks"),
